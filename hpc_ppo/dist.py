@@ -1,0 +1,63 @@
+"""torch.distributed setup for one rank, and the few collectives the trainer needs.
+
+CPU ranks use gloo; GPU ranks use NCCL for tensors and gloo for the CPU-side agreement
+(stop flags, metrics), so a small CPU tensor never forces a device copy.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+from hpc_ppo.launch.env import RankEnv, export_torch_env
+
+
+def pick_device(choice: str, local_rank: int) -> torch.device:
+    """`auto` -> this rank's GPU when CUDA is present, else the CPU."""
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("trainer.device=cuda but torch sees no GPU; use trainer.device=cpu")
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"LOCAL_RANK={local_rank} but this task sees {torch.cuda.device_count()} GPU(s) "
+                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); "
+                "ask Slurm for --gpus-per-task=1 or one GPU per task per node"
+            )
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(env: RankEnv, device: torch.device, timeout_s: int = 1800) -> None:
+    export_torch_env(env)
+    backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(
+        backend=backend,
+        rank=env.rank,
+        world_size=env.world_size,
+        timeout=datetime.timedelta(seconds=timeout_s),
+        device_id=device if device.type == "cuda" else None,
+    )
+
+
+def all_reduce(values: list[float], op: str = "mean") -> list[float]:
+    """Reduce a list of floats over all ranks on the CPU: "mean", "max" or "sum"."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    if op == "mean":
+        t /= dist.get_world_size()
+    return t.tolist()
+
+
+def all_gather_1d(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate an equal-length 1-D CPU tensor from every rank, in rank order."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return t
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t.contiguous())
+    return torch.cat(out)

@@ -1,0 +1,70 @@
+"""`hpc-ppo run`: start `trainer.nprocs` ranks on this machine, without Slurm.
+
+    hpc-ppo run configs/tiny-cpu.yaml trainer.nprocs=2
+
+Each rank is a child process running `python -m hpc_ppo.rank RUN_DIR`, the entry srun calls,
+with the torch-style variables (RANK, WORLD_SIZE, MASTER_ADDR, ...) set as torchrun would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from hpc_ppo.config import Config
+from hpc_ppo.launch.env import find_free_port
+
+
+def launch_local(cfg: Config, run_dir: Path) -> int:
+    """Run every rank to completion; if one fails, stop the others. Returns the exit code."""
+    n = cfg.trainer.nprocs
+    port = find_free_port()
+    threads = cfg.trainer.threads_per_rank or max(1, (os.cpu_count() or 1) // n)
+    procs = []
+    for rank in range(n):
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(n),
+            "LOCAL_WORLD_SIZE": str(n),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": str(threads),
+        }
+        procs.append(
+            subprocess.Popen([sys.executable, "-m", "hpc_ppo.rank", str(run_dir)], env=env)
+        )
+    try:
+        return _wait_all(procs)
+    except KeyboardInterrupt:
+        _stop(procs)
+        return 130
+
+
+def _wait_all(procs: list[subprocess.Popen]) -> int:
+    while True:
+        codes = [p.poll() for p in procs]
+        failed = [c for c in codes if c not in (None, 0)]
+        if failed:
+            _stop(procs)
+            return failed[0] if failed[0] > 0 else 128 - failed[0]
+        if all(c == 0 for c in codes):
+            return 0
+        time.sleep(0.2)
+
+
+def _stop(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.time() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()

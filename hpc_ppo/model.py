@@ -1,0 +1,138 @@
+"""Policy, critic and reference models, and the tokenizer, for one rank.
+
+Models come from a Hugging Face directory, or for the embedded default (`builtin:tiny-qwen2`)
+from a Qwen2 config with a character tokenizer built in code: nothing is downloaded.
+Every trained model is wrapped with FSDP2 (`fully_shard`), on CPU/gloo too, so the CPU path
+runs the same sharded code as the GPU path.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+
+from hpc_ppo.config import BUILTIN_TINY_MODEL, Config
+
+TINY_SPECIALS = ["<pad>", "<eos>", "<unk>"]
+TINY_CHARS = string.ascii_lowercase + string.digits + " :=#.,+-*/?!"
+
+
+def build_tokenizer(cfg: Config) -> PreTrainedTokenizerBase:
+    if cfg.model.path != BUILTIN_TINY_MODEL:
+        tok = AutoTokenizer.from_pretrained(cfg.model.path)
+        if tok.pad_token_id is None:  # Llama-style tokenizers ship without one
+            tok.pad_token = tok.eos_token
+        return tok
+    return tiny_tokenizer()
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer: one token per character of TINY_CHARS."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate(TINY_SPECIALS + list(TINY_CHARS))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+    )
+
+
+def _tiny_config(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> Qwen2Config:
+    t = cfg.model.tiny
+    return Qwen2Config(
+        vocab_size=64 * ((len(tokenizer) + 63) // 64),
+        hidden_size=t.hidden_size,
+        intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.num_hidden_layers,
+        num_attention_heads=t.num_attention_heads,
+        num_key_value_heads=t.num_key_value_heads,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+
+
+def _dtype(cfg: Config) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
+
+
+def load_policy(cfg: Config, tokenizer: PreTrainedTokenizerBase, seed: int) -> nn.Module:
+    """The policy (or reference) as a causal LM; the tiny one is seeded so every rank agrees."""
+    if cfg.model.path == BUILTIN_TINY_MODEL:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = AutoModelForCausalLM.from_config(
+                _tiny_config(cfg, tokenizer), dtype=_dtype(cfg)
+            )
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            cfg.model.path, dtype=_dtype(cfg), attn_implementation=cfg.model.attn_implementation
+        )
+    return model
+
+
+def load_critic(cfg: Config, tokenizer: PreTrainedTokenizerBase, seed: int) -> nn.Module:
+    """A value model: the policy's backbone with a 1-output token head (no dropout: PPO values)."""
+    path = cfg.model.critic_path or cfg.model.path
+    if path == BUILTIN_TINY_MODEL:
+        conf = _tiny_config(cfg, tokenizer)
+        conf.num_labels, conf.classifier_dropout = 1, 0.0
+        with torch.random.fork_rng():
+            torch.manual_seed(seed + 1)
+            return AutoModelForTokenClassification.from_config(conf, dtype=_dtype(cfg))
+    conf = AutoConfig.from_pretrained(path, num_labels=1, classifier_dropout=0.0)
+    return AutoModelForTokenClassification.from_pretrained(
+        path, config=conf, dtype=_dtype(cfg), attn_implementation=cfg.model.attn_implementation
+    )
+
+
+def shard(model: nn.Module, device: torch.device, mixed_bf16: bool) -> nn.Module:
+    """FSDP2: one unit per decoder layer, then the root (embeddings, norm, head)."""
+    model.to(device)
+    mp = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if mixed_bf16
+        else MixedPrecisionPolicy()
+    )
+    for layer in _decoder_layers(model):
+        fully_shard(layer, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
+def _decoder_layers(model: nn.Module) -> list[nn.Module]:
+    base = getattr(model, model.base_model_prefix, model)
+    layers = getattr(base, "layers", None)
+    if layers is None:
+        raise ValueError(f"{type(model).__name__}: cannot find decoder layers to shard")
+    return list(layers)
+
+
+def full_state_iter(
+    model: nn.Module, dtype: torch.dtype | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Lazily gather each FSDP2 parameter (one full tensor at a time) under its HF name.
+
+    Every rank must consume the whole iterator: `full_tensor()` is a collective.
+    """
+    for name, param in model.named_parameters():
+        tensor = param.full_tensor() if hasattr(param, "full_tensor") else param
+        tensor = tensor.detach()
+        yield name, tensor.to(dtype) if dtype is not None else tensor

@@ -1,0 +1,48 @@
+"""The per-rank entry point: the same function for `hpc-ppo run` (local processes) and srun.
+
+    python -m hpc_ppo.rank RUN_DIR      # what each local process / srun task executes
+
+The run folder holds the resolved config.yaml written by the launcher; every rank reads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from hpc_ppo.config import load_config
+from hpc_ppo.dist import init_distributed, pick_device
+from hpc_ppo.launch.env import resolve_rank_env
+
+
+def main(run_dir: str | Path) -> None:
+    run_dir = Path(run_dir).resolve()
+    env = resolve_rank_env()
+    cfg = load_config(run_dir / "config.yaml")
+    logging.basicConfig(
+        level=logging.INFO if env.rank == 0 else logging.WARNING,
+        format=f"%(asctime)s [rank {env.rank}] %(levelname)s %(name)s: %(message)s",
+    )
+    threads = cfg.trainer.threads_per_rank or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    if threads:
+        torch.set_num_threads(threads)
+    device = pick_device(cfg.trainer.device, env.local_rank)
+    init_distributed(env, device)
+    try:
+        from hpc_ppo.trainer import Trainer
+
+        Trainer(cfg, run_dir, env.rank, env.world_size, device).fit()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m hpc_ppo.rank RUN_DIR")
+    main(sys.argv[1])

@@ -1,0 +1,62 @@
+"""The one contract every rollout engine implements (vLLM in-rank on GPU, transformers on CPU).
+
+The trainer drives an engine through the cycle DESIGN.md verified for vLLM:
+`sleep()` -> train -> `wake_weights()` -> `push_weights(...)` -> `wake_cache()` -> `generate(...)`.
+Engines hold their own copy of the policy weights, so both engines exercise the same
+weight-sync path and name mapping; on CPU the sleep/wake calls are cheap no-ops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """What to sample; `seed` makes a step's generation reproducible and equal across TP ranks."""
+
+    n: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    seed: int
+
+
+@dataclass
+class Sample:
+    """One generated response: token ids and the engine's log-probability of each sampled token.
+
+    Logprobs are "processed" (after temperature), matching what the trainer recomputes.
+    `response_ids` ends with EOS when `finished`; nothing after it.
+    """
+
+    prompt_index: int
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logprobs: list[float]
+    finished: bool
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    def generate(self, prompts: list[list[int]], sampling: SamplingSpec) -> list[Sample]:
+        """`sampling.n` samples per prompt, grouped: prompt 0's n samples first, then prompt 1's."""
+        ...
+
+    def push_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load full (unsharded) tensors by Hugging Face parameter name."""
+        ...
+
+    def sleep(self) -> None:
+        """Release GPU memory (weights and KV cache) for training."""
+        ...
+
+    def wake_weights(self) -> None: ...
+
+    def wake_cache(self) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,360 @@
+"""Experiment tracking for rank 0: metrics.jsonl in the run folder, mirrored to MLflow.
+
+    tracker = Tracker("runs/x", uri=None, experiment="grpo", run_name="x")  # rank 0
+    tracker = NullTracker()                                                  # other ranks
+
+The local files are the record; MLflow is a mirror that a background thread keeps in sync, so
+a slow or dead tracking server never stalls training (the MLflow client retries for minutes).
+Run folder files:
+  metrics.jsonl   one line per log_metrics call: {"step": s, "time": unix_s, **new_metrics}
+  params.json     the params logged so far; a resumed job that changes one raises
+  mlflow_run_id   written once the run exists, so a requeued job reattaches to it
+Exactly once per (metric key, step), across restarts: per key, steps must increase; a step at
+or below the last recorded step of that key (a step redone after a crash) is skipped. The
+background thread sends what metrics.jsonl holds beyond each key's latest step in MLflow, so
+metrics a hard kill left unsent reach MLflow after the next restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+log = logging.getLogger(__name__)
+
+Status = Literal["FINISHED", "KILLED", "FAILED"]
+MAX_PARAM_LEN = 6000  # MLflow's limit on a param value; longer values are cut, not rejected
+_READ_CHUNK = 1 << 20
+
+
+@runtime_checkable
+class MetricsSink(Protocol):
+    @property
+    def run_id(self) -> str | None: ...
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None: ...
+    def flush(self, timeout_s: float = 60) -> bool: ...
+    def close(self, status: Status = "FINISHED", timeout_s: float = 60) -> bool: ...
+
+
+class NullTracker:
+    """What ranks other than 0 hold, so the trainer calls the same methods everywhere."""
+
+    run_id: str | None = None
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None: ...
+
+    def flush(self, timeout_s: float = 60) -> bool:
+        return True
+
+    def close(self, status: Status = "FINISHED", timeout_s: float = 60) -> bool:
+        return True
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"optim": {"lr": 1e-6}, "stop": [1, 2]} -> {"optim.lr": "1e-06", "stop": "[1, 2]"}."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, (list, tuple)):
+            out[key] = json.dumps(v, default=str)
+        else:
+            out[key] = str(v)
+    return out
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_run_id(run_dir: str | Path) -> str | None:
+    """The MLflow run id a previous job of this run folder created, if any."""
+    path = Path(run_dir) / "mlflow_run_id"
+    if not path.exists():
+        return None
+    return path.read_text().strip() or None
+
+
+def _records(data: bytes, path: Path | None = None) -> Iterator[tuple[int, float | None, dict]]:
+    """(step, time, metrics) of each metrics.jsonl line; a bad line is skipped, not fatal."""
+    for n, line in enumerate(data.splitlines(), 1):
+        try:
+            rec = json.loads(line)
+            step, t = int(rec.pop("step")), rec.pop("time", None)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            if path:
+                log.warning("%s:%d: not a metrics record, ignored", path, n)
+            continue
+        yield step, t, rec
+
+
+def _repair_jsonl(path: Path) -> dict[str, int]:
+    """Cut a partial last line (hard kill mid-write); return each key's last logged step."""
+    last: dict[str, int] = {}
+    data = path.read_bytes() if path.exists() else b""
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        log.warning("%s: dropping a partial last line (%d bytes)", path, len(data) - end)
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    for step, _, rec in _records(data[:end], path):
+        last.update((k, max(step, last.get(k, step))) for k in rec)
+    return last
+
+
+class Tracker:
+    """Rank 0's tracker; see the module docstring. Not thread-safe: call from one thread."""
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        uri: str | None,
+        experiment: str,
+        run_name: str,
+        run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir).absolute()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.uri = uri or f"sqlite:///{self.run_dir / 'mlflow.db'}"
+        self._artifacts = None if uri else (self.run_dir / "mlartifacts").as_uri()
+        self.experiment, self.run_name = experiment, run_name
+        # Reattach to the folder's own run even if the caller forgot to pass it.
+        self._run_id = run_id or read_run_id(self.run_dir)
+        self._jsonl = self.run_dir / "metrics.jsonl"
+        self._file_last = _repair_jsonl(self._jsonl)
+        self._file = open(self._jsonl, "ab")
+        self._params_path = self.run_dir / "params.json"
+        self._params: dict[str, str] = (
+            json.loads(self._params_path.read_text()) if self._params_path.exists() else {}
+        )
+        self._warned_nonfinite: set[str] = set()
+        # State shared with the worker thread, guarded by _cv.
+        self._cv = threading.Condition()
+        self._written = self._file.tell()  # bytes of metrics.jsonl holding whole lines
+        self._synced = 0  # bytes of metrics.jsonl already mirrored to MLflow
+        self._pending_params = dict(self._params)  # the worker drops those MLflow has
+        self._pending_tags = dict(tags or {})
+        self._stop: Status | None = None
+        self._nudged = self._abandon = self._terminated = False
+        # Worker-only state.
+        self._client: Any = None  # mlflow.MlflowClient, imported in the worker: other ranks
+        self._mlflow_last: dict[str, int] = {}  # and startup skip the ~1 s mlflow import
+        self._mlflow_params: dict[str, str] = {}
+        self._thread = threading.Thread(target=self._work, name="mlflow-tracker", daemon=True)
+        self._thread.start()
+
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run id; None until the background thread reached the store once."""
+        return self._run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Record params once; raises if one differs from what this run already holds."""
+        new = {k: str(v)[:MAX_PARAM_LEN] for k, v in params.items()}
+        for k, v in new.items():
+            if k in self._params and self._params[k] != v:
+                raise ValueError(
+                    f"param {k!r} changed on resume: run has {self._params[k]!r}, now {v!r}; "
+                    f"a resumed run keeps its config (use a new run folder to change it)"
+                )
+        new = {k: v for k, v in new.items() if k not in self._params}
+        if new:
+            self._params.update(new)
+            _write_atomic(self._params_path, json.dumps(self._params, indent=1))
+            with self._cv:
+                self._pending_params.update(new)
+                self._cv.notify_all()
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Set tags (e.g. Slurm job id, restart count); unlike params they may change."""
+        with self._cv:
+            self._pending_tags.update({k: str(v) for k, v in tags.items()})
+            self._cv.notify_all()
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        """Append the metrics not yet recorded for this step; the mirror to MLflow is async."""
+        if "step" in metrics or "time" in metrics:
+            raise ValueError(f"metric names 'step' and 'time' are reserved, got {list(metrics)}")
+        new: dict[str, float | None] = {}
+        for k, v in metrics.items():
+            if step <= self._file_last.get(k, step - 1):
+                log.debug("metric %s step %d already logged, skipped", k, step)
+                continue
+            v = float(v)
+            if not math.isfinite(v):
+                if k not in self._warned_nonfinite:
+                    log.warning("metric %s is %s at step %d: null in jsonl, not sent", k, v, step)
+                    self._warned_nonfinite.add(k)
+                new[k] = None
+            else:
+                new[k] = v
+            self._file_last[k] = step
+        if not new:
+            return
+        line = json.dumps({"step": step, "time": round(time.time(), 3), **new}) + "\n"
+        self._file.write(line.encode())
+        self._file.flush()
+        with self._cv:
+            self._written = self._file.tell()
+            self._cv.notify_all()
+
+    def flush(self, timeout_s: float = 60) -> bool:
+        """Wait until MLflow holds everything logged so far; False on timeout."""
+        with self._cv:
+            target = self._written
+            self._nudged = True
+            self._cv.notify_all()
+            return self._cv.wait_for(
+                lambda: self._client is not None and not self._dirty(target), timeout_s
+            )
+
+    def close(self, status: Status = "FINISHED", timeout_s: float = 60) -> bool:
+        """Flush, mark the MLflow run terminated, stop the thread; False if MLflow lags."""
+        if status not in ("FINISHED", "KILLED", "FAILED"):
+            raise ValueError(f"status={status!r}: expected FINISHED, KILLED or FAILED")
+        with self._cv:
+            self._stop, self._nudged = status, True
+            self._cv.notify_all()
+        self._thread.join(timeout_s)
+        with self._cv:
+            self._abandon = True  # a worker stuck on a dead server exits when its call returns
+            self._cv.notify_all()
+        self._file.close()
+        if not self._terminated:
+            log.warning(
+                "MLflow run not closed within %.0f s; %s has all metrics", timeout_s, self._jsonl
+            )
+        return self._terminated
+
+    # --- background thread ---
+
+    def _dirty(self, target: int | None = None) -> bool:
+        target = self._written if target is None else target
+        return self._synced < target or bool(self._pending_params or self._pending_tags)
+
+    def _work(self) -> None:
+        failures = 0
+        while not self._abandon:
+            try:
+                self._sync_once()
+                if failures:
+                    log.info("MLflow at %s reachable again", self.uri)
+                failures = 0
+            except Exception as e:  # any failure: training goes on, we retry later
+                if not failures:
+                    log.warning("MLflow at %s failed (%s); retrying in background", self.uri, e)
+                failures += 1
+            with self._cv:
+                self._cv.notify_all()  # wake flush()
+                if self._terminated:
+                    return
+                if failures:  # back off, but retry at once when flush/close asks
+                    self._cv.wait_for(lambda: self._abandon or self._nudged, min(60, 2**failures))
+                else:
+                    self._cv.wait_for(lambda: self._abandon or self._dirty() or self._stop)
+                self._nudged = False
+
+    def _connect(self) -> None:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.uri)
+        if self._run_id is None:
+            exp = client.get_experiment_by_name(self.experiment)
+            exp_id = (
+                exp.experiment_id
+                if exp
+                else client.create_experiment(self.experiment, artifact_location=self._artifacts)
+            )
+            run = client.create_run(exp_id, run_name=self.run_name)
+            _write_atomic(self.run_dir / "mlflow_run_id", run.info.run_id + "\n")
+            self._run_id = run.info.run_id
+        else:  # a requeued job: what mlflow.start_run(run_id=...) does
+            run = client.get_run(self._run_id)
+            client.update_run(self._run_id, status="RUNNING")
+            _write_atomic(self.run_dir / "mlflow_run_id", self._run_id + "\n")
+        self._mlflow_params = dict(run.data.params)
+        # Latest metrics carry the highest step per key; we only ever send increasing steps.
+        self._mlflow_last = {m.key: m.step for m in run.data.to_proto().metrics}
+        self._client = client
+
+    def _send(self, kind: str, items: list, n: int) -> None:
+        """log_batch in chunks of MLflow's limit; a chunk it rejects as invalid is dropped."""
+        from mlflow.exceptions import MlflowException
+
+        for i in range(0, len(items), n):
+            try:
+                self._client.log_batch(self._run_id, **{kind: items[i : i + n]})
+            except MlflowException as e:
+                if e.error_code != "INVALID_PARAMETER_VALUE":
+                    raise  # transient: retried with backoff
+                log.error("MLflow rejected %s, dropped (the run folder keeps them): %s", kind, e)
+            if kind == "metrics":  # progress survives a failure in a later chunk
+                self._mlflow_last.update((m.key, m.step) for m in items[i : i + n])
+
+    def _sync_once(self) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        if self._client is None:
+            self._connect()
+        with self._cv:
+            params, tags = dict(self._pending_params), dict(self._pending_tags)
+        for k, v in params.items():
+            if self._mlflow_params.get(k, v) != v:  # only if params.json was lost or edited
+                log.error(
+                    "param %s: MLflow has %r, not %r; left as is", k, self._mlflow_params[k], v
+                )
+        new = {k: v for k, v in params.items() if k not in self._mlflow_params}
+        self._send("params", [Param(k, v) for k, v in new.items()], 100)
+        self._mlflow_params.update(new)
+        self._send("tags", [RunTag(k, v) for k, v in tags.items()], 100)
+        with self._cv:
+            for k in params:
+                del self._pending_params[k]
+            for k, v in tags.items():
+                if self._pending_tags.get(k) == v:  # else set again meanwhile: send next time
+                    del self._pending_tags[k]
+        while not self._abandon:
+            with self._cv:
+                start, end = self._synced, self._written
+            if start >= end:
+                break
+            with open(self._jsonl, "rb") as f:
+                f.seek(start)
+                data = f.read(min(end - start, _READ_CHUNK))
+                cut = data.rfind(b"\n") + 1
+                data = data[:cut] if cut else data + f.readline()  # a line over 1 MiB
+            metrics, last = [], dict(self._mlflow_last)
+            for step, t, rec in _records(data):
+                # The logged time, not the send time: a retried batch is then identical and
+                # MLflow keeps one copy of it.
+                ms = int((t or time.time()) * 1000)
+                for k, v in rec.items():
+                    if v is not None and step > last.get(k, step - 1):
+                        metrics.append(Metric(k, v, ms, step))
+                        last[k] = step
+            self._send("metrics", metrics, 1000)
+            with self._cv:
+                self._synced = start + len(data)
+        with self._cv:
+            stop = self._stop if not self._dirty() else None
+        if stop:
+            self._client.set_terminated(self._run_id, status=stop)
+            self._terminated = True

@@ -1,0 +1,386 @@
+"""The rank loop: rollout -> score -> old/ref logprobs and values -> advantages -> PPO update.
+
+Every rank runs this same code, whether started by `hpc-ppo run` (local processes) or by srun.
+Each rank generates for its own slice of the step's prompts; all samples of one prompt stay on
+one rank, so GRPO groups never straddle ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from hpc_ppo import dist as hdist
+from hpc_ppo.algo.advantages import gae, grpo_advantages, masked_mean, token_level_rewards
+from hpc_ppo.algo.losses import aggregate, kl_penalty, policy_loss, value_loss
+from hpc_ppo.batch import RolloutBatch, collate, critic_forward, forward_in_chunks, policy_forward
+from hpc_ppo.config import Config
+from hpc_ppo.data import Prompt, PromptSampler, load_prompts, make_letters_prompts, shard_for_rank
+from hpc_ppo.model import build_tokenizer, full_state_iter, load_critic, load_policy, shard
+from hpc_ppo.reward import resolve_reward_fn, score_batch
+from hpc_ppo.rollout.base import RolloutEngine, SamplingSpec
+from hpc_ppo.tracking import MetricsSink, NullTracker, Tracker, read_run_id
+
+
+class Phase:
+    """Wall-clock seconds per named phase of a step."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+class Trainer:
+    def __init__(
+        self, cfg: Config, run_dir: Path, rank: int, world_size: int, device: torch.device
+    ):
+        self.cfg, self.run_dir, self.rank, self.world, self.device = (
+            cfg,
+            run_dir,
+            rank,
+            world_size,
+            device,
+        )
+        t = cfg.trainer
+        self.tokenizer = build_tokenizer(cfg)
+        self.prompts = _load_prompts(cfg)
+        self.sampler = PromptSampler(
+            len(self.prompts), t.batch_size, t.seed, shuffle=cfg.data.shuffle
+        )
+        self.reward_fn = resolve_reward_fn(cfg.reward.fn)
+        self.engine = self._make_engine()
+        # Seed after the engine: vLLM re-seeds the process when it starts (DESIGN.md).
+        random.seed(t.seed + rank)
+        np.random.seed(t.seed + rank)
+        torch.manual_seed(t.seed + rank)
+        bf16 = device.type == "cuda" and cfg.model.dtype == "float32"
+        self.policy = shard(load_policy(cfg, self.tokenizer, t.seed), device, bf16)
+        self.ref = None
+        if cfg.algo.kl_coef > 0:
+            self.ref = shard(load_policy(cfg, self.tokenizer, t.seed), device, bf16).eval()
+            self.ref.requires_grad_(False)
+        self.critic = (
+            shard(load_critic(cfg, self.tokenizer, t.seed), device, bf16)
+            if cfg.algo.name == "ppo"
+            else None
+        )
+        if cfg.model.gradient_checkpointing:
+            for m in (self.policy, self.critic):
+                if m is not None:
+                    m.gradient_checkpointing_enable()
+        self.actor_opt, self.actor_sched = _optimizer(self.policy, cfg.actor)
+        self.critic_opt, self.critic_sched = (
+            _optimizer(self.critic, cfg.critic) if self.critic else (None, None)
+        )
+        self.start_step = 0
+        self.tracker: MetricsSink = NullTracker()
+        if rank == 0:
+            from hpc_ppo.config import to_dict
+            from hpc_ppo.tracking import flatten
+
+            self.tracker = Tracker(
+                run_dir,
+                cfg.tracking.uri,
+                cfg.tracking.experiment,
+                run_dir.name,
+                run_id=read_run_id(run_dir),
+            )
+            self.tracker.log_params(flatten(to_dict(cfg)))
+
+    def _make_engine(self) -> RolloutEngine:
+        if self.cfg.rollout.engine == "vllm":
+            from hpc_ppo.rollout.vllm_engine import VLLMEngine  # only GPU installs have vllm
+
+            return VLLMEngine(self.cfg, self.tokenizer, self.device)
+        from hpc_ppo.rollout.hf_engine import HFEngine
+
+        model = load_policy(self.cfg, self.tokenizer, self.cfg.trainer.seed)
+        return HFEngine(
+            model, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, self.device
+        )
+
+    # ------------------------------------------------------------------ loop
+
+    def fit(self) -> None:
+        total = self.cfg.trainer.total_steps
+        bar = _progress(self.rank, self.start_step, total)
+        try:
+            for step in range(self.start_step, total):
+                metrics = self.train_step(step)
+                self.tracker.log_metrics(step, metrics)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(
+                        reward=f"{metrics['reward/mean']:.3f}",
+                        len=f"{metrics['response/length_mean']:.1f}",
+                        kl=f"{metrics['actor/approx_kl']:.4f}",
+                        s=f"{metrics['time/step']:.2f}",
+                    )
+            self.tracker.close("FINISHED")
+        except BaseException:
+            self.tracker.close("FAILED", timeout_s=10)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+            self.engine.close()
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg, phase = self.cfg, Phase()
+        step_start = time.perf_counter()
+        indices = shard_for_rank(self.sampler.next_indices(), self.rank, self.world)
+        prompts = [self.prompts[i] for i in indices]
+        with phase("push"):
+            self.engine.wake_weights()
+            dtype = torch.bfloat16 if self.device.type == "cuda" else None
+            self.engine.push_weights(full_state_iter(self.policy, dtype))
+            self.engine.wake_cache()
+        with phase("generate"):
+            sampling = SamplingSpec(
+                cfg.rollout.n,
+                cfg.rollout.temperature,
+                cfg.rollout.top_p,
+                cfg.rollout.max_new_tokens,
+                seed=_step_seed(cfg.trainer.seed, step, self.rank),
+            )
+            samples = self.engine.generate([self._encode(p) for p in prompts], sampling)
+        with phase("sleep"):
+            self.engine.sleep()
+        with phase("reward"):
+            responses = self.tokenizer.batch_decode(
+                [s.response_ids for s in samples], skip_special_tokens=True
+            )
+            owners = [prompts[s.prompt_index] for s in samples]
+            scores = score_batch(
+                self.reward_fn, [p.text for p in owners], responses, [p.answer for p in owners]
+            )
+        batch = collate(samples, scores, self.tokenizer.pad_token_id).to(self.device)
+        mask, mb = batch["response_mask"], cfg.trainer.micro_batch_size
+        temp = cfg.rollout.temperature
+        with phase("old_logprob"):
+            batch["old_logprobs"] = forward_in_chunks(
+                policy_forward, self.policy, batch, mb, temperature=temp
+            )
+        if self.ref is not None:
+            with phase("ref"):
+                batch["ref_logprobs"] = forward_in_chunks(
+                    policy_forward, self.ref, batch, mb, temperature=temp
+                )
+        if self.critic is not None:
+            with phase("values"):
+                batch["values"] = forward_in_chunks(critic_forward, self.critic, batch, mb)
+        with phase("advantages"):
+            kl_metric = self._advantages(batch)
+        with phase("update"):
+            stats = self._update(batch, step)
+        local = {
+            "reward/local_mean": float(batch["scores"].mean()),
+            "actor/kl_ref": kl_metric,
+            "actor/logprob_gap": float(
+                masked_mean((batch["engine_logprobs"] - batch["old_logprobs"]).abs(), mask)
+            ),
+            "response/length_mean": float(mask.sum(-1).mean()),
+            "response/finished_frac": sum(s.finished for s in samples) / len(samples),
+            **stats,
+        }
+        means = dict(zip(local, hdist.all_reduce(list(local.values()), "mean"), strict=False))
+        seconds = {**phase.seconds, "step": time.perf_counter() - step_start}
+        slowest = dict(zip(seconds, hdist.all_reduce(list(seconds.values()), "max"), strict=False))
+        all_scores = hdist.all_gather_1d(batch["scores"].cpu())
+        tokens = hdist.all_reduce([float(mask.sum()), float(batch["attention_mask"].sum())], "sum")
+        metrics = {k: v for k, v in means.items() if k != "reward/local_mean"}
+        metrics["reward/mean"] = float(all_scores.mean())
+        metrics["reward/std"] = float(all_scores.std()) if all_scores.numel() > 1 else 0.0
+        metrics.update({f"time/{k}": v for k, v in slowest.items()})
+        metrics["perf/gen_tokens_per_s"] = tokens[0] / max(slowest["generate"], 1e-9)
+        metrics["perf/tokens_per_s"] = tokens[1] / max(slowest["step"], 1e-9)
+        metrics["actor/lr"] = self.actor_sched.get_last_lr()[0]
+        return metrics
+
+    def _encode(self, prompt: Prompt) -> list[int]:
+        if self.cfg.data.chat_template:
+            ids = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt.text}],
+                add_generation_prompt=True,
+                tokenize=True,
+            )
+        else:
+            ids = self.tokenizer(prompt.text, add_special_tokens=False)["input_ids"]
+        return list(ids)[-self.cfg.data.max_prompt_tokens :]
+
+    def _advantages(self, batch: RolloutBatch) -> float:
+        """Token rewards and advantages in place; returns the mean KL to the reference."""
+        a, mask = self.cfg.algo, batch["response_mask"]
+        kl = None
+        if "ref_logprobs" in batch.t:
+            kl = kl_penalty(batch["old_logprobs"], batch["ref_logprobs"], a.kl_estimator)
+        in_reward = kl is not None and a.kl_mode == "reward"
+        rewards = token_level_rewards(
+            batch["scores"], mask, kl if in_reward else None, a.kl_coef if in_reward else 0.0
+        )
+        if a.name == "ppo":
+            adv, ret = gae(rewards, batch["values"], mask, a.gamma, a.lam)
+            batch["returns"] = ret
+            if a.whiten_advantages:
+                adv = _global_whiten(adv, mask)
+        else:
+            adv = grpo_advantages(batch["scores"], self.cfg.rollout.n, mask)
+        batch["advantages"] = adv
+        return float(masked_mean(kl, mask)) if kl is not None else 0.0
+
+    def _update(self, batch: RolloutBatch, step: int) -> dict[str, float]:
+        a, t = self.cfg.algo, self.cfg.trainer
+        rows_per_mini = a.mini_batch_size // self.world * self.cfg.rollout.n
+        sums: dict[str, float] = {}
+        count = 0
+        gen = torch.Generator().manual_seed(_step_seed(t.seed, step, self.rank) + 1)
+        for _ in range(a.ppo_epochs):
+            order = torch.randperm(len(batch), generator=gen)
+            for start in range(0, len(batch), rows_per_mini):
+                mini = batch.select(order[start : start + rows_per_mini].to(self.device))
+                stats = self._actor_step(mini)
+                if self.critic is not None:
+                    stats.update(self._critic_step(mini))
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+        self.actor_sched.step()
+        if self.critic_sched is not None:
+            self.critic_sched.step()
+        return {k: v / count for k, v in sums.items()}
+
+    def _actor_step(self, mini: RolloutBatch) -> dict[str, float]:
+        a = self.cfg.algo
+        self.actor_opt.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        for micro in mini.chunks(self.cfg.trainer.micro_batch_size):
+            # Simplification: micro-batch losses are weighted by row share, so token-mean over a
+            # mini-batch split in micro-batches is a mean of per-micro token means.
+            weight = len(micro) / len(mini)
+            mask = micro["response_mask"]
+            logprobs, entropy = policy_forward(
+                self.policy, micro, self.cfg.rollout.temperature, with_entropy=True
+            )
+            pg, st = policy_loss(
+                logprobs,
+                micro["old_logprobs"],
+                micro["advantages"],
+                mask,
+                a.clip_ratio,
+                agg=a.loss_agg,
+            )
+            ent = aggregate(entropy, mask, a.loss_agg)
+            loss = pg - a.entropy_coef * ent
+            if "ref_logprobs" in micro.t and a.kl_mode == "loss":
+                kl = aggregate(
+                    kl_penalty(logprobs, micro["ref_logprobs"], a.kl_estimator), mask, a.loss_agg
+                )
+                loss = loss + a.kl_coef * kl
+            (loss * weight).backward()
+            for k, v in {
+                "actor/pg_loss": pg,
+                "actor/entropy": ent,
+                "actor/clipfrac": st["clipfrac"],
+                "actor/approx_kl": st["approx_kl"],
+            }.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) * weight
+        sums["actor/grad_norm"] = _clip_and_step(
+            self.policy, self.actor_opt, self.cfg.actor.grad_clip
+        )
+        return sums
+
+    def _critic_step(self, mini: RolloutBatch) -> dict[str, float]:
+        a = self.cfg.algo
+        self.critic_opt.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        for micro in mini.chunks(self.cfg.trainer.micro_batch_size):
+            weight = len(micro) / len(mini)
+            values = critic_forward(self.critic, micro)
+            vf, st = value_loss(
+                values,
+                micro["values"],
+                micro["returns"],
+                micro["response_mask"],
+                a.value_clip,
+                agg=a.loss_agg,
+            )
+            (a.vf_coef * vf * weight).backward()
+            for k, v in {
+                "critic/vf_loss": vf,
+                "critic/vf_clipfrac": st["vf_clipfrac"],
+                "critic/values_mean": st["value_mean"],
+            }.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) * weight
+        sums["critic/grad_norm"] = _clip_and_step(
+            self.critic, self.critic_opt, self.cfg.critic.grad_clip
+        )
+        return sums
+
+
+def _load_prompts(cfg: Config) -> list[Prompt]:
+    if cfg.data.path is not None:
+        return load_prompts(cfg.data.path, cfg.data.prompt_key, cfg.data.answer_key)
+    s = cfg.data.synthetic
+    return make_letters_prompts(
+        s.num_prompts, cfg.trainer.seed, min_len=s.min_len, max_len=s.max_len
+    )
+
+
+def _optimizer(
+    model: nn.Module, oc
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=oc.lr, betas=oc.betas, weight_decay=oc.weight_decay)
+    warm = oc.warmup_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
+    )
+    return opt, sched
+
+
+def _clip_and_step(model: nn.Module, opt: torch.optim.Optimizer, max_norm: float) -> float:
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+    if torch.isfinite(norm):
+        opt.step()
+    else:  # a NaN/inf gradient would poison the weights; skip this update on every rank alike
+        opt.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+def _global_whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Whiten over the masked tokens of all ranks, so every rank scales advantages alike."""
+    s = hdist.all_reduce(
+        [float((x * mask).sum()), float((x * x * mask).sum()), float(mask.sum())], "sum"
+    )
+    n = max(s[2], 1.0)
+    mean = s[0] / n
+    var = max(s[1] / n - mean * mean, 0.0) * n / max(n - 1, 1.0)
+    return (x - mean) / math.sqrt(var + 1e-8) * mask
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 1009 + rank) % (2**31 - 1)
+
+
+def _progress(rank: int, start: int, total: int):
+    if rank != 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, initial=start, desc="ppo", unit="step", dynamic_ncols=True, mininterval=1.0
+    )
