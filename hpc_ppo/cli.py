@@ -13,8 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from hpc_ppo.config import Config, dump_yaml, load_config, save_config
+from hpc_ppo.config import RESUMABLE_KEYS, Config, dump_yaml, load_config, save_config, to_dict
 from hpc_ppo.errors import ConfigError
+from hpc_ppo.tracking import flatten
 
 
 def _load(args: argparse.Namespace) -> Config | None:
@@ -41,6 +42,27 @@ def new_run_dir(cfg: Config, config_path: str) -> Path:
     return run_dir
 
 
+def resume_config(run_dir: Path, overrides: list[str]) -> Config:
+    """The run folder's config with launch-only overrides; anything else is refused."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        raise ConfigError(
+            f"{run_dir}: not a run folder (no config.yaml); pass a config file to start a run"
+        )
+    saved = load_config(saved_path)
+    cfg = load_config(saved_path, overrides)
+    changed = [k for k, v in flatten(to_dict(cfg)).items() if flatten(to_dict(saved)).get(k) != v]
+    refused = [k for k in changed if k not in RESUMABLE_KEYS]
+    if refused:
+        raise ConfigError(
+            f"{', '.join(refused)}: cannot change when resuming {run_dir} (only {', '.join(RESUMABLE_KEYS)}); "
+            "start a new run for a different experiment"
+        )
+    if changed:
+        save_config(cfg, saved_path)
+    return cfg
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg is None:
@@ -50,11 +72,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    if cfg is None:
-        return 2
     try:
-        run_dir = new_run_dir(cfg, args.config)
+        if Path(args.config).is_dir():
+            run_dir = Path(args.config).resolve()
+            cfg = resume_config(run_dir, args.overrides)
+        else:
+            cfg = _load(args)
+            if cfg is None:
+                return 2
+            run_dir = new_run_dir(cfg, args.config)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -70,6 +96,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_export_hf(args: argparse.Namespace) -> int:
+    from hpc_ppo.export import export_hf
+
+    try:
+        path = export_hf(Path(args.run_dir).resolve(), Path(args.out), args.step)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"exported {path} -> {Path(args.out).resolve()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpc-ppo", description="Slurm-native PPO/GRPO for LLMs")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,11 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
         ("run", cmd_run, "run the job on this machine (trainer.nprocs local ranks)"),
     ):
         p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("config", help="YAML config file")
+        p.add_argument("config", help="YAML config file (run: or a run folder to resume)")
         p.add_argument(
             "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. actor.lr=1e-6"
         )
         p.set_defaults(fn=fn)
+    p = sub.add_parser("export-hf", help="write a transformers model folder from a checkpoint")
+    p.add_argument("run_dir")
+    p.add_argument("out")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    p.set_defaults(fn=cmd_export_hf)
     return parser
 
 

@@ -24,6 +24,13 @@ import yaml
 from hpc_ppo.errors import ConfigError
 
 BUILTIN_TINY_MODEL = "builtin:tiny-qwen2"
+# Keys a resumed run may change: how it is launched, not what it computes.
+RESUMABLE_KEYS = (
+    "trainer.nprocs",
+    "trainer.threads_per_rank",
+    "trainer.total_steps",
+    "tracking.uri",
+)
 
 
 def _spec(
@@ -96,6 +103,9 @@ class RolloutConfig:
     temperature: float = _spec(1.0, gt=0.0, le=10.0, doc="sampling temperature")
     top_p: float = _spec(1.0, gt=0.0, le=1.0, doc="nucleus sampling")
     max_new_tokens: int = _spec(16, ge=1, doc="response length cap")
+    chunks: int = _spec(
+        1, ge=1, doc="generate in this many calls; stop requests are checked between"
+    )
     tp: int = _spec(1, ge=1, doc="tensor-parallel size of the vLLM engine")
     gpu_memory_utilization: float = _spec(0.5, gt=0.0, lt=1.0)
     enforce_eager: bool = _spec(False, doc="vLLM: disable CUDA graphs")
@@ -139,6 +149,8 @@ class TrainerConfig:
     output_dir: str = _spec("runs", doc="run folders are created under it")
     run_name: str | None = _spec(None, doc="default: <config stem>-<timestamp>")
     micro_batch_size: int = _spec(64, ge=1, doc="rollouts per forward/backward pass per rank")
+    save_every: int = _spec(0, ge=0, doc="checkpoint every N steps (0: only at the end / on stop)")
+    keep_checkpoints: int = _spec(2, ge=2, doc="complete checkpoints kept")
     threads_per_rank: int | None = _spec(None, ge=1, doc="torch CPU threads per rank")
 
 
@@ -146,6 +158,37 @@ class TrainerConfig:
 class TrackingConfig:
     uri: str | None = _spec(None, doc="MLflow tracking URI (default: sqlite in the run dir)")
     experiment: str = _spec("hpc-ppo")
+
+
+@dataclass
+class SlurmConfig:
+    """How `hpc-ppo submit` / `render-sbatch` ask Slurm for resources (one task per GPU)."""
+
+    nodes: int = _spec(1, ge=1, doc="nodes")
+    gpus_per_node: int = _spec(0, ge=0, doc="GPUs per node; 0 for a CPU job")
+    tasks_per_node: int | None = _spec(None, ge=1, doc="default: gpus_per_node (1 for CPU jobs)")
+    gpu_binding: str = _spec("node", choices=("node", "task"), doc="task: --gpus-per-task=1")
+    cpus_per_task: int = _spec(1, ge=1)
+    mem: str | None = _spec(None, doc="per node, e.g. 200G; null: cluster default")
+    time: str = _spec("01:00:00", doc="wall-time limit, [D-]HH:MM:SS or minutes")
+    partition: str | None = _spec(None)
+    account: str | None = _spec(None)
+    qos: str | None = _spec(None)
+    constraint: str | None = _spec(None)
+    exclusive: bool = _spec(False)
+    job_name: str | None = _spec(None, doc="default: the run name")
+    signal_lead_s: int = _spec(180, ge=30, doc="USR2 this many seconds before the time limit")
+    requeue: bool = _spec(True, doc="requeue on preemption / time limit")
+    setup: list[str] = _spec(factory=list, doc="shell lines run before srun (module load ...)")
+    extra_sbatch: list[str] = _spec(factory=list, doc="extra #SBATCH options, e.g. --reservation=x")
+
+    @property
+    def ntasks_per_node(self) -> int:
+        return self.tasks_per_node or max(self.gpus_per_node, 1)
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.ntasks_per_node
 
 
 @dataclass
@@ -159,13 +202,20 @@ class Config:
     algo: AlgoConfig = _spec(factory=AlgoConfig)
     trainer: TrainerConfig = _spec(factory=TrainerConfig)
     tracking: TrackingConfig = _spec(factory=TrackingConfig)
+    slurm: SlurmConfig = _spec(factory=SlurmConfig)
 
 
 # ---------------------------------------------------------------------------- loading
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Read a YAML file, apply `a.b=value` overrides, build and validate the tree."""
+def load_config(
+    path: str | Path | None, overrides: list[str] = (), *, check_paths: bool = True
+) -> Config:
+    """Read a YAML file, apply `a.b=value` overrides, build and validate the tree.
+
+    check_paths=False skips the checks that model.path, model.critic_path and data.path exist
+    on this machine (`hpc-ppo submit --dry-run` on a login node without the model).
+    """
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -188,7 +238,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         _apply_override(raw, item, errors)
     cfg = _build(Config, raw, "", errors)
     if not errors:
-        errors.extend(validate(cfg))
+        errors.extend(validate(cfg, check_paths=check_paths))
     if errors:
         raise ConfigError("\n".join(errors))
     return cfg
@@ -263,6 +313,12 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
                 if ok:
                     return True, v
         return False, None
+    if origin is list:
+        (arg,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            return False, None
+        out = [_coerce(v, arg) for v in value]
+        return all(ok for ok, _ in out), [v for _, v in out]
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
@@ -293,6 +349,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
     if typing.get_origin(tp) is tuple:
         return f"a list of {len(args)} numbers"
+    if typing.get_origin(tp) is list:
+        return f"a list of {_type_name(args[0])}s"
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
         tp, str(tp)
     )
@@ -301,12 +359,40 @@ def _type_name(tp: Any) -> str:
 # ---------------------------------------------------------------------------- validation
 
 
-def validate(cfg: Config) -> list[str]:
+def validate(cfg: Config, check_paths: bool = True) -> list[str]:
     """All problems with a built config, each one line naming key, value and fix."""
     errors: list[str] = []
     _check_fields(cfg, "", errors)
-    _check_cross_fields(cfg, errors)
+    _check_cross_fields(cfg, errors, check_paths)
     return errors
+
+
+def world_size_for(cfg: Config, launcher: str) -> int:
+    """Ranks of a job of `cfg`: trainer.nprocs under `hpc-ppo run` ("local"), slurm.nodes x
+    tasks per node under `hpc-ppo submit` or a rendered sbatch script ("slurm")."""
+    if launcher == "local":
+        return cfg.trainer.nprocs
+    if launcher == "slurm":
+        return cfg.slurm.world_size
+    raise ValueError(f"launcher={launcher!r}: expected 'local' or 'slurm'")
+
+
+def world_errors(cfg: Config, launcher: str) -> list[str]:
+    """Batch rules for the world `launcher` starts: every rank takes an equal share of each
+    mini-batch (so also of the step's batch, which mini-batches divide)."""
+    a, world = cfg.algo, world_size_for(cfg, launcher)
+    if launcher == "local":
+        source = f"trainer.nprocs={world}"
+    else:
+        s = cfg.slurm
+        source = f"the Slurm world size {world} (slurm.nodes={s.nodes} x {s.ntasks_per_node} tasks per node)"
+    # Divisors below 1 were already reported by their range check.
+    if world >= 1 and a.mini_batch_size >= 1 and a.mini_batch_size % world:
+        return [
+            f"algo.mini_batch_size={a.mini_batch_size} must be a multiple of {source}"
+            " (every rank takes an equal share of each mini-batch)"
+        ]
+    return []
 
 
 def _check_fields(obj: Any, prefix: str, errors: list[str]) -> None:
@@ -357,18 +443,14 @@ def _range_text(m: typing.Mapping[str, Any]) -> str:
     return f" (allowed range {lo}, {hi})"
 
 
-def _check_cross_fields(cfg: Config, errors: list[str]) -> None:
+def _check_cross_fields(cfg: Config, errors: list[str], check_paths: bool = True) -> None:
     t, a, r = cfg.trainer, cfg.algo, cfg.rollout
     # Divisors below 1 were already reported by their range check; skip the rule, not crash.
     if a.mini_batch_size >= 1 and t.batch_size % a.mini_batch_size:
         errors.append(
             f"algo.mini_batch_size={a.mini_batch_size} must divide trainer.batch_size={t.batch_size}"
         )
-    if t.nprocs >= 1 and a.mini_batch_size % t.nprocs:
-        errors.append(
-            f"algo.mini_batch_size={a.mini_batch_size} must be a multiple of trainer.nprocs={t.nprocs}"
-            " (every rank takes an equal share of each mini-batch)"
-        )
+    errors.extend(world_errors(cfg, "local"))  # the Slurm world: launch.sbatch.slurm_errors
     for section in ("actor", "critic"):
         betas = getattr(cfg, section).betas
         if not all(0.0 <= b < 1.0 for b in betas):  # also rejects nan
@@ -384,7 +466,7 @@ def _check_cross_fields(cfg: Config, errors: list[str]) -> None:
             f"data.synthetic.min_len={cfg.data.synthetic.min_len} exceeds data.synthetic.max_len={cfg.data.synthetic.max_len}"
         )
     m = cfg.model
-    if m.path != BUILTIN_TINY_MODEL:
+    if check_paths and m.path != BUILTIN_TINY_MODEL:
         if not Path(m.path).is_dir():
             errors.append(
                 f"model.path={m.path}: directory not found (or use model.path={BUILTIN_TINY_MODEL})"
@@ -393,7 +475,11 @@ def _check_cross_fields(cfg: Config, errors: list[str]) -> None:
             errors.append(
                 f"model.path={m.path}: no config.json inside; expected a Hugging Face model directory"
             )
-    if m.critic_path is not None and not (Path(m.critic_path) / "config.json").is_file():
+    if (
+        check_paths
+        and m.critic_path is not None
+        and not (Path(m.critic_path) / "config.json").is_file()
+    ):
         errors.append(
             f"model.critic_path={m.critic_path}: no Hugging Face model directory (config.json) there"
         )
@@ -407,7 +493,7 @@ def _check_cross_fields(cfg: Config, errors: list[str]) -> None:
             errors.append(
                 f"model.tiny.num_key_value_heads={tiny.num_key_value_heads} must divide model.tiny.num_attention_heads={tiny.num_attention_heads}"
             )
-    if cfg.data.path is not None:
+    if check_paths and cfg.data.path is not None:
         from hpc_ppo.data import validate_prompt_file
 
         try:

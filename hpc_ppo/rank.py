@@ -18,6 +18,7 @@ import torch.distributed as dist
 from hpc_ppo.config import load_config
 from hpc_ppo.dist import init_distributed, pick_device
 from hpc_ppo.launch.env import resolve_rank_env
+from hpc_ppo.preempt import StopFlag, in_slurm_job, requeue_slurm_job
 
 
 def main(run_dir: str | Path) -> None:
@@ -31,15 +32,30 @@ def main(run_dir: str | Path) -> None:
     threads = cfg.trainer.threads_per_rank or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if threads:
         torch.set_num_threads(threads)
+    stop = StopFlag()
+    stop.install()  # before anything slow, and after submitit's handlers: ours must win
     device = pick_device(cfg.trainer.device, env.local_rank)
     init_distributed(env, device)
     try:
         from hpc_ppo.trainer import Trainer
 
-        Trainer(cfg, run_dir, env.rank, env.world_size, device).fit()
+        finished = Trainer(cfg, run_dir, env.rank, env.world_size, device, stop).fit()
+        dist.barrier()
+        if not finished:
+            _after_stop(env.rank, run_dir)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _after_stop(rank: int, run_dir: Path) -> None:
+    """The checkpoint is committed: requeue under Slurm (rank 0 only), else say how to go on."""
+    if rank != 0:
+        return
+    if in_slurm_job():
+        requeue_slurm_job()
+    else:
+        print(f"hpc-ppo: stopped and saved; continue with: hpc-ppo run {run_dir}", flush=True)
 
 
 if __name__ == "__main__":

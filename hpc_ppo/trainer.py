@@ -8,7 +8,10 @@ one rank, so GRPO groups never straddle ranks.
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import math
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -18,16 +21,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from hpc_ppo import checkpoint as ckpt
 from hpc_ppo import dist as hdist
 from hpc_ppo.algo.advantages import gae, grpo_advantages, masked_mean, token_level_rewards
 from hpc_ppo.algo.losses import aggregate, kl_penalty, policy_loss, value_loss
 from hpc_ppo.batch import RolloutBatch, collate, critic_forward, forward_in_chunks, policy_forward
-from hpc_ppo.config import Config
+from hpc_ppo.checkpoint import Checkpointable
+from hpc_ppo.config import RESUMABLE_KEYS, Config, to_dict
 from hpc_ppo.data import Prompt, PromptSampler, load_prompts, make_letters_prompts, shard_for_rank
 from hpc_ppo.model import build_tokenizer, full_state_iter, load_critic, load_policy, shard
+from hpc_ppo.preempt import StopFlag
 from hpc_ppo.reward import resolve_reward_fn, score_batch
 from hpc_ppo.rollout.base import RolloutEngine, SamplingSpec
-from hpc_ppo.tracking import MetricsSink, NullTracker, Tracker, read_run_id
+from hpc_ppo.tracking import MetricsSink, NullTracker, Tracker, flatten, read_run_id
+
+log = logging.getLogger(__name__)
 
 
 class Phase:
@@ -45,7 +53,13 @@ class Phase:
 
 class Trainer:
     def __init__(
-        self, cfg: Config, run_dir: Path, rank: int, world_size: int, device: torch.device
+        self,
+        cfg: Config,
+        run_dir: Path,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+        stop: StopFlag | None = None,
     ):
         self.cfg, self.run_dir, self.rank, self.world, self.device = (
             cfg,
@@ -85,12 +99,16 @@ class Trainer:
         self.critic_opt, self.critic_sched = (
             _optimizer(self.critic, cfg.critic) if self.critic else (None, None)
         )
-        self.start_step = 0
+        self.parts = [Checkpointable("policy", self.policy, self.actor_opt, self.actor_sched)]
+        if self.critic is not None:
+            self.parts.append(
+                Checkpointable("critic", self.critic, self.critic_opt, self.critic_sched)
+            )
+        self.stop = stop or StopFlag()
+        self._relog: tuple[int, dict[str, float]] | None = None
+        self.start_step = self._resume()
         self.tracker: MetricsSink = NullTracker()
         if rank == 0:
-            from hpc_ppo.config import to_dict
-            from hpc_ppo.tracking import flatten
-
             self.tracker = Tracker(
                 run_dir,
                 cfg.tracking.uri,
@@ -98,7 +116,42 @@ class Trainer:
                 run_dir.name,
                 run_id=read_run_id(run_dir),
             )
-            self.tracker.log_params(flatten(to_dict(cfg)))
+            params, tags = _params_and_tags(run_dir, cfg)
+            self.tracker.log_params(params)
+            self.tracker.set_tags(tags)
+            if self._relog is not None:
+                self.tracker.log_metrics(*self._relog)
+
+    def _resume(self) -> int:
+        """Continue from the newest complete checkpoint, if the run folder has one."""
+        if not ckpt.complete_steps(self.run_dir, warn=self.rank == 0):
+            return 0
+        path = ckpt.resolve_step(self.run_dir, None)
+        state = ckpt.load(path, self.parts)
+        self.sampler.load_state_dict(state["sampler"])
+        if state.get("last_metrics"):
+            self._relog = (int(state["step"]) - 1, state["last_metrics"])
+        log.info(
+            "resumed from %s: %d of %d steps done",
+            path,
+            state["step"],
+            self.cfg.trainer.total_steps,
+        )
+        return int(state["step"])
+
+    def save(self, done: int, metrics: dict[str, float] | None) -> float:
+        """Checkpoint after `done` completed steps; returns the seconds it blocked training.
+
+        The last step's metrics ride along, so a kill between the commit and the MLflow
+        write cannot lose them: the resumed job logs them again (the tracker skips repeats).
+        """
+        state = {
+            "last_metrics": metrics,
+            "sampler": self.sampler.state_dict(),
+            "mlflow_run_id": read_run_id(self.run_dir),
+            "config": to_dict(self.cfg),
+        }
+        return ckpt.save(self.run_dir, done, self.parts, state, self.cfg.trainer.keep_checkpoints)
 
     def _make_engine(self) -> RolloutEngine:
         if self.cfg.rollout.engine == "vllm":
@@ -114,22 +167,40 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
-    def fit(self) -> None:
-        total = self.cfg.trainer.total_steps
-        bar = _progress(self.rank, self.start_step, total)
+    def fit(self) -> bool:
+        """Train to `trainer.total_steps`; returns False when a stop request ended it early."""
+        t = self.cfg.trainer
+        bar = _progress(self.rank, self.start_step, t.total_steps)
+        done = saved = self.start_step
         try:
-            for step in range(self.start_step, total):
-                metrics = self.train_step(step)
-                self.tracker.log_metrics(step, metrics)
+            while done < t.total_steps and not self.stop.agreed():
+                metrics = self.train_step(done)
+                if metrics is None:  # stop requested mid-rollout: the step was abandoned
+                    break
+                done += 1
+                if done == t.total_steps or (t.save_every and done % t.save_every == 0):
+                    metrics["time/save"] = self.save(done, metrics)
+                    saved = done
+                self.tracker.log_metrics(done - 1, metrics)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(
                         reward=f"{metrics['reward/mean']:.3f}",
                         len=f"{metrics['response/length_mean']:.1f}",
-                        kl=f"{metrics['actor/approx_kl']:.4f}",
                         s=f"{metrics['time/step']:.2f}",
                     )
-            self.tracker.close("FINISHED")
+            finished = done >= t.total_steps
+            if not finished:
+                seconds = self.save(done, None) if saved != done else 0.0
+                log.warning(
+                    "stop requested by %s: checkpoint step_%d saved in %.2f s; exiting %.2f s after the signal",
+                    self.stop.signal_name,
+                    done,
+                    seconds,
+                    self.stop.seconds_since_signal() or 0.0,
+                )
+            self.tracker.close("FINISHED" if finished else "KILLED")
+            return finished
         except BaseException:
             self.tracker.close("FAILED", timeout_s=10)
             raise
@@ -138,9 +209,11 @@ class Trainer:
                 bar.close()
             self.engine.close()
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def train_step(self, step: int) -> dict[str, float] | None:
+        """One PPO step; None if a stop request arrived before the update (nothing changed)."""
         cfg, phase = self.cfg, Phase()
         step_start = time.perf_counter()
+        sampler_state = self.sampler.state_dict()
         indices = shard_for_rank(self.sampler.next_indices(), self.rank, self.world)
         prompts = [self.prompts[i] for i in indices]
         with phase("push"):
@@ -148,17 +221,29 @@ class Trainer:
             dtype = torch.bfloat16 if self.device.type == "cuda" else None
             self.engine.push_weights(full_state_iter(self.policy, dtype))
             self.engine.wake_cache()
-        with phase("generate"):
-            sampling = SamplingSpec(
-                cfg.rollout.n,
-                cfg.rollout.temperature,
-                cfg.rollout.top_p,
-                cfg.rollout.max_new_tokens,
-                seed=_step_seed(cfg.trainer.seed, step, self.rank),
-            )
-            samples = self.engine.generate([self._encode(p) for p in prompts], sampling)
+        samples = []
+        for c, (lo, hi) in enumerate(_chunk_bounds(len(prompts), cfg.rollout.chunks)):
+            if c > 0 and self.stop.agreed():
+                break
+            with phase("generate"):
+                sampling = SamplingSpec(
+                    cfg.rollout.n,
+                    cfg.rollout.temperature,
+                    cfg.rollout.top_p,
+                    cfg.rollout.max_new_tokens,
+                    seed=_step_seed(cfg.trainer.seed, step, self.rank) + 7919 * c,
+                )
+                chunk = self.engine.generate([self._encode(p) for p in prompts[lo:hi]], sampling)
+            for s_ in chunk:
+                s_.prompt_index += lo
+            samples.extend(chunk)
         with phase("sleep"):
             self.engine.sleep()
+        if len(samples) < len(prompts) * cfg.rollout.n or self.stop.agreed():
+            # Abandon the step: the update has not started, so the weights are untouched and
+            # putting the sampler back makes the resumed run redo exactly this step.
+            self.sampler.load_state_dict(sampler_state)
+            return None
         with phase("reward"):
             responses = self.tokenizer.batch_decode(
                 [s.response_ids for s in samples], skip_special_tokens=True
@@ -328,6 +413,28 @@ class Trainer:
             self.critic, self.critic_opt, self.cfg.critic.grad_clip
         )
         return sums
+
+
+def _chunk_bounds(n: int, chunks: int) -> list[tuple[int, int]]:
+    """Split n items into `chunks` contiguous, near-equal ranges (same count on every rank)."""
+    edges = [round(i * n / chunks) for i in range(chunks + 1)]
+    return [(edges[i], edges[i + 1]) for i in range(chunks) if edges[i + 1] > edges[i]]
+
+
+def _params_and_tags(run_dir: Path, cfg: Config) -> tuple[dict[str, str], dict[str, str]]:
+    """MLflow params = the resolved config. Launch keys changed on resume (RESUMABLE_KEYS) keep
+    their first value as the param (params are immutable) and carry the new one as a tag."""
+    params = flatten(to_dict(cfg))
+    first_path = run_dir / "params.json"
+    first = json.loads(first_path.read_text()) if first_path.is_file() else {}
+    tags = {"launcher": "slurm" if "SLURM_JOB_ID" in os.environ else "local"}
+    for key in RESUMABLE_KEYS:
+        if key in first and first[key] != params[key]:
+            tags[f"resumed.{key}"], params[key] = params[key], first[key]
+    if "SLURM_JOB_ID" in os.environ:
+        tags["slurm.job_id"] = os.environ["SLURM_JOB_ID"]
+        tags["slurm.restart_count"] = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return params, tags
 
 
 def _load_prompts(cfg: Config) -> list[Prompt]:

@@ -21,7 +21,9 @@ import socket
 from collections.abc import Mapping, MutableMapping
 from dataclasses import asdict, dataclass
 
-PORT_LO, PORT_HI = 20000, 60000  # rendezvous ports: above well-known, below the ephemeral range
+# Rendezvous ports, as submitit. Overlaps Linux's ephemeral range (32768-60999): a clash with an
+# outgoing connection is unlikely, not impossible.
+PORT_LO, PORT_HI = 20000, 60000
 
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 

@@ -39,11 +39,22 @@ def launch_local(cfg: Config, run_dir: Path) -> int:
         procs.append(
             subprocess.Popen([sys.executable, "-m", "hpc_ppo.rank", str(run_dir)], env=env)
         )
+
+    # A stop request for the launcher is a stop request for every rank: they agree, save and
+    # exit 0 by themselves (Ctrl-C in a terminal already reaches them through the process group).
+    def forward(signum: int, frame: object) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {
+        sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
+    }
     try:
         return _wait_all(procs)
-    except KeyboardInterrupt:
-        _stop(procs)
-        return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _wait_all(procs: list[subprocess.Popen]) -> int:

@@ -1,0 +1,209 @@
+"""Atomic, reshardable checkpoints with torch.distributed.checkpoint (DCP).
+
+Layout under `<run_dir>/checkpoints/`:
+
+    step_N/              N = completed steps (the next step to run is N)
+      COMPLETE           written last, by rank 0, before the rename: its presence = usable
+      trainer.json       step, sampler, schedulers, MLflow run id, world size, resolved config
+      rng_rank<R>.pt     every rank's python / numpy / torch / CUDA RNG states
+      *.distcp, .metadata   DCP shards of models and optimizers (any world size can load them)
+    step_N.tmp/          a save in progress; never loaded
+
+Commit protocol: every rank writes into `step_N.tmp`, barrier, rank 0 writes COMPLETE (fsync)
+and renames the folder (fsync of the parent), barrier. A kill at any point leaves either the
+previous complete checkpoint or the new one, never a half one that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from hpc_ppo.errors import ConfigError
+
+log = logging.getLogger(__name__)
+COMPLETE = "COMPLETE"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+@dataclass
+class Checkpointable:
+    """A model with its optimizer and LR scheduler, saved under `name`."""
+
+    name: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def complete_steps(run_dir: Path, warn: bool = True) -> list[int]:
+    """Steps with a complete checkpoint, ascending; partial folders are skipped with a warning."""
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return []
+    steps = []
+    for path in sorted(root.iterdir()):
+        m = _STEP_DIR.match(path.name)
+        if m and (path / COMPLETE).is_file() and (path / "trainer.json").is_file():
+            steps.append(int(m.group(1)))
+        elif warn and path.is_dir():
+            log.warning("skipping checkpoint folder %s: incomplete (no %s marker)", path, COMPLETE)
+    return sorted(steps)
+
+
+def resolve_step(run_dir: Path, step: int | None) -> Path:
+    """The folder of `step`, or of the newest complete checkpoint when `step` is None."""
+    steps = complete_steps(run_dir)
+    if not steps:
+        raise ConfigError(f"{checkpoint_root(run_dir)}: no complete checkpoint")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise ConfigError(f"--step {step} not found: {checkpoint_root(run_dir)} has steps {steps}")
+    return checkpoint_root(run_dir) / f"step_{step}"
+
+
+def save(
+    run_dir: Path, step: int, parts: list[Checkpointable], trainer_state: dict[str, Any], keep: int
+) -> float:
+    """Collective save of everything needed to continue at `step`; returns seconds taken."""
+    start = time.perf_counter()
+    rank = dist.get_rank()
+    final = checkpoint_root(run_dir) / f"step_{step}"
+    tmp = final.with_name(final.name + ".tmp")
+    if rank == 0:
+        if tmp.exists():  # left by a save that was killed
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    dcp.save(_app_state(parts), checkpoint_id=str(tmp))
+    torch.save(_rng_state(), tmp / f"rng_rank{rank}.pt")
+    dist.barrier()
+    if rank == 0:
+        state = {
+            **trainer_state,
+            "step": step,
+            "world_size": dist.get_world_size(),
+            "schedulers": {p.name: p.scheduler.state_dict() for p in parts},
+        }
+        _write_synced(tmp / "trainer.json", json.dumps(state, indent=1))
+        _write_synced(tmp / COMPLETE, f"{time.time()}\n")
+        if final.exists():  # a re-run of the same step after a resume: replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        _prune(run_dir, keep)
+    dist.barrier()
+    return time.perf_counter() - start
+
+
+def load(path: Path, parts: list[Checkpointable]) -> dict[str, Any]:
+    """Restore models, optimizers, schedulers and this rank's RNG; returns trainer.json."""
+    state = json.loads((path / "trainer.json").read_text())
+    app = _app_state(parts)
+    try:
+        dcp.load(app, checkpoint_id=str(path))
+    except Exception as e:  # DCP reports shape mismatches deep inside its planner
+        raise ConfigError(
+            f"checkpoint {path} does not fit this model: {_short(e)}; it was saved by a run with "
+            "another model shape (check model.path / model.tiny.*), or start a new run folder"
+        ) from None
+    for p in parts:
+        set_state_dict(
+            p.model,
+            p.optimizer,
+            model_state_dict=app[p.name]["model"],
+            optim_state_dict=app[p.name]["optim"],
+        )
+        p.scheduler.load_state_dict(state["schedulers"][p.name])
+    rng_file = path / f"rng_rank{dist.get_rank()}.pt"
+    if state["world_size"] == dist.get_world_size() and rng_file.is_file():
+        _set_rng_state(torch.load(rng_file, weights_only=False))
+    else:
+        log.warning(
+            "checkpoint %s was written by %d ranks, this job has %d: model and optimizer are "
+            "resharded, RNG states are not restored (sampling is seeded per step anyway)",
+            path,
+            state["world_size"],
+            dist.get_world_size(),
+        )
+    return state
+
+
+def load_model_only(path: Path, name: str, model: nn.Module) -> None:
+    """Fill a plain (unsharded, single-process) model from a checkpoint: for export."""
+    sd = {name: {"model": model.state_dict()}}
+    dcp.load(sd, checkpoint_id=str(path), no_dist=True)
+    model.load_state_dict(sd[name]["model"])
+
+
+def _app_state(parts: list[Checkpointable]) -> dict[str, Any]:
+    out = {}
+    for p in parts:
+        model_sd, optim_sd = get_state_dict(p.model, p.optimizer)
+        out[p.name] = {"model": model_sd, "optim": optim_sd}
+    return out
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _prune(run_dir: Path, keep: int) -> None:
+    for step in complete_steps(run_dir, warn=False)[:-keep]:
+        shutil.rmtree(checkpoint_root(run_dir) / f"step_{step}", ignore_errors=True)
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _short(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    m = re.search(r"[Ss]ize mismatch[^.;]*", text) or re.search(r"shape[^.;]*", text)
+    return (m.group(0) if m else text)[:300]

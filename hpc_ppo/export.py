@@ -1,0 +1,39 @@
+"""`hpc-ppo export-hf RUN_DIR [--step N] OUT`: a transformers-loadable policy from a checkpoint.
+
+    hpc-ppo export-hf runs/tiny-cpu-20261124-101500 exported/ && python -c \
+        "import transformers; transformers.AutoModelForCausalLM.from_pretrained('exported')"
+
+Runs in one process without torch.distributed: DCP reads the sharded checkpoint whatever the
+number of ranks that wrote it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hpc_ppo import checkpoint as ckpt
+from hpc_ppo.config import load_config
+from hpc_ppo.errors import ConfigError
+from hpc_ppo.model import build_tokenizer, load_policy
+
+
+def export_hf(run_dir: Path, out: Path, step: int | None = None) -> Path:
+    """Write config, tokenizer and safetensors of the policy at `step` (default: newest)."""
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir}: not a run folder (no config.yaml)")
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out}: exists and is not empty; choose a new output folder")
+    path = ckpt.resolve_step(run_dir, step)
+    cfg = load_config(run_dir / "config.yaml")
+    tokenizer = build_tokenizer(cfg)
+    model = load_policy(cfg, tokenizer, cfg.trainer.seed)
+    try:
+        ckpt.load_model_only(path, "policy", model)
+    except Exception as e:
+        raise ConfigError(
+            f"checkpoint {path} does not fit the run's model: {ckpt._short(e)}"
+        ) from None
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return path

@@ -1,0 +1,79 @@
+"""Stop requests: Slurm's warning signal (USR2), preemption / scancel (TERM), Ctrl-C (INT).
+
+The handler only records the signal; ranks agree on stopping through `StopFlag.agreed()`, an
+all-reduce every rank calls at the same safe points (between rollout chunks and between steps),
+so no rank saves or exits alone. Never a collective or a save inside the handler.
+
+Under submitit the handlers replace submitit's own (installed before our function runs): its
+Checkpointable path lets only rank 0 act and cannot do a collective sharded save.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from types import FrameType
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
+
+
+class StopFlag:
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self.received_at: float | None = None  # time.time() of the first signal
+
+    def install(self) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+        # Slurm sends SIGCONT right after the user signal; the default action is fine but
+        # submitit installs a logging handler for it. Restore the default.
+        signal.signal(signal.SIGCONT, signal.SIG_DFL)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received_at is None:
+            self.signal_name = signal.Signals(signum).name
+            self.received_at = time.time()
+
+    @property
+    def local(self) -> bool:
+        return self.received_at is not None
+
+    def agreed(self) -> bool:
+        """True on every rank if any rank got a stop signal. A collective: call it everywhere."""
+        if not dist.is_initialized() or dist.get_world_size() == 1:
+            return self.local
+        t = torch.tensor([1.0 if self.local else 0.0])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)  # gloo (CPU) even on NCCL jobs
+        return bool(t.item())
+
+    def seconds_since_signal(self) -> float | None:
+        return None if self.received_at is None else time.time() - self.received_at
+
+
+def in_slurm_job() -> bool:
+    return "SLURM_JOB_ID" in os.environ and "SLURM_STEP_ID" in os.environ
+
+
+def requeue_slurm_job() -> bool:
+    """Ask Slurm to requeue this job (rank 0 only, after the checkpoint is committed)."""
+    job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ["SLURM_JOB_ID"]
+    try:
+        subprocess.run(
+            ["scontrol", "requeue", job], check=True, capture_output=True, text=True, timeout=60
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, FileNotFoundError) as e:
+        detail = getattr(e, "stderr", "") or str(e)
+        log.error(
+            "scontrol requeue %s failed: %s; resubmit the job to continue", job, detail.strip()
+        )
+        return False
+    log.info("requeued Slurm job %s", job)
+    return True
