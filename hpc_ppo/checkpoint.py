@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from hpc_ppo.errors import ConfigError
@@ -66,7 +67,11 @@ def complete_steps(run_dir: Path, warn: bool = True) -> list[int]:
         if m and (path / COMPLETE).is_file() and (path / "trainer.json").is_file():
             steps.append(int(m.group(1)))
         elif warn and path.is_dir():
-            log.warning("skipping checkpoint folder %s: incomplete (no %s marker)", path, COMPLETE)
+            missing = [f for f in (COMPLETE, "trainer.json") if not (path / f).is_file()]
+            why = (
+                f"no {' and no '.join(missing)}" if m else "not a step_N folder (a save cut short?)"
+            )
+            log.warning("skipping checkpoint folder %s: incomplete (%s)", path, why)
     return sorted(steps)
 
 
@@ -122,7 +127,9 @@ def load(path: Path, parts: list[Checkpointable]) -> dict[str, Any]:
     app = _app_state(parts)
     try:
         dcp.load(app, checkpoint_id=str(path))
-    except Exception as e:  # DCP reports shape mismatches deep inside its planner
+    # DCP reports shape mismatches deep inside its planner, wrapped in CheckpointException,
+    # which derives from BaseException: `except Exception` alone lets it through.
+    except (Exception, CheckpointException) as e:
         raise ConfigError(
             f"checkpoint {path} does not fit this model: {_short(e)}; it was saved by a run with "
             "another model shape (check model.path / model.tiny.*), or start a new run folder"
@@ -205,5 +212,11 @@ def _fsync_dir(path: Path) -> None:
 
 def _short(e: BaseException) -> str:
     text = " ".join(str(e).split())
-    m = re.search(r"[Ss]ize mismatch[^.;]*", text) or re.search(r"shape[^.;]*", text)
+    # DCP's text: "Size mismatch between saved torch.Size([64, 64]) and current:
+    # torch.Size([64, 128]) for critic.model...": the dots of torch.Size must not end the match.
+    m = (
+        re.search(r"[Ss]ize mismatch.*? for \S+", text)
+        or re.search(r"Missing key in checkpoint state_dict: \S+", text)
+        or re.search(r"shape[^;]*", text)
+    )
     return (m.group(0) if m else text)[:300]

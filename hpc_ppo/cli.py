@@ -2,8 +2,12 @@
 
     hpc-ppo validate configs/tiny-cpu.yaml [key=value ...]   # print the resolved config or errors
     hpc-ppo run configs/tiny-cpu.yaml [key=value ...]        # run the job here, without Slurm
+    hpc-ppo submit configs/qwen2-7b.yaml [key=value ...] [--dry-run]   # one Slurm job (submitit)
+    hpc-ppo render-sbatch configs/qwen2-7b.yaml [key=value ...] [-o FILE]  # a plain sbatch script
+    hpc-ppo status RUN_DIR_OR_JOB_ID                          # Slurm state, last step, checkpoint
 
-Exit codes: 0 success, 2 bad input (nothing was started), otherwise the failing rank's code.
+Exit codes: 0 success, 2 bad input (nothing was started), otherwise the failing rank's code;
+submit: 1 when Slurm refuses the job (its run folder is removed again).
 """
 
 from __future__ import annotations
@@ -28,10 +32,16 @@ def _load(args: argparse.Namespace) -> Config | None:
         return None
 
 
+def run_dir_for(cfg: Config, config_path: str) -> Path:
+    """`<output_dir>/<run_name>` (default: config stem + timestamp), not created."""
+    name = cfg.trainer.run_name or f"{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return (Path(cfg.trainer.output_dir) / name).resolve()
+
+
 def new_run_dir(cfg: Config, config_path: str) -> Path:
     """Create `<output_dir>/<run_name>` (default: config stem + timestamp); never reuse one."""
-    name = cfg.trainer.run_name or f"{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = (Path(cfg.trainer.output_dir) / name).resolve()
+    run_dir = run_dir_for(cfg, config_path)
+    name = run_dir.name
     try:
         run_dir.mkdir(parents=True, exist_ok=False)
     except FileExistsError:
@@ -108,6 +118,130 @@ def cmd_export_hf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_for_slurm(args: argparse.Namespace, lenient_paths: str = "") -> Config | None:
+    """`_load` plus the Slurm rules (world size, TP per node, #SBATCH values). With
+    lenient_paths (the note to print), a model.path / data.path missing here is a warning."""
+    from hpc_ppo.launch.sbatch import slurm_errors
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as strict:
+        if not lenient_paths:
+            return _load(args)
+        try:
+            cfg = load_config(args.config, args.overrides, check_paths=False)
+        except ConfigError:
+            return _load(args)
+        for line in str(strict).splitlines():
+            print(f"warning: {line} ({lenient_paths})", file=sys.stderr)
+    errors = slurm_errors(cfg)
+    if errors:
+        print(f"error: {args.config}: invalid configuration for Slurm", file=sys.stderr)
+        for line in errors:
+            print(f"  {line}", file=sys.stderr)
+        return None
+    return cfg
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from hpc_ppo.launch import submit
+
+    cfg = _load_for_slurm(args, "an error when submitting for real" if args.dry_run else "")
+    if cfg is None:
+        return 2
+    if args.dry_run:
+        run_dir = run_dir_for(cfg, args.config)
+        if run_dir.exists():
+            print(f"warning: {run_dir} exists: a real submit refuses it", file=sys.stderr)
+        script = submit.batch_script(cfg, run_dir)
+        sys.stdout.write(script if script.endswith("\n") else script + "\n")
+        sys.stdout.flush()
+        print(f"dry run: nothing submitted, {run_dir} not created", file=sys.stderr)
+        return 0
+    try:
+        submit.require_sbatch()
+        run_dir = new_run_dir(cfg, args.config)
+        job_id = submit.submit(cfg, run_dir)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except submit.SubmitError as e:
+        print(f"error: job not submitted: {e}", file=sys.stderr)
+        return 1
+    s = cfg.slurm
+    print(f"hpc-ppo: submitted job {job_id}: {s.nodes} node(s) x {s.ntasks_per_node} task(s)")
+    print(f"follow the log: tail -f {submit.log_path(run_dir, job_id)}")
+    print(f"status: hpc-ppo status {job_id}")
+    print(f"job_id: {job_id}")
+    print(f"run_dir: {run_dir}", flush=True)
+    return 0
+
+
+def cmd_render_sbatch(args: argparse.Namespace) -> int:
+    from hpc_ppo.launch.sbatch import render_sbatch
+
+    cfg = _load_for_slurm(args, "checked again when the job starts")
+    if cfg is None:
+        return 2
+    text = render_sbatch(cfg, args.config, args.overrides)
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+        Path(args.output).chmod(0o755)
+        print(f"wrote {args.output}; submit it with: sbatch {args.output}", file=sys.stderr)
+    if not Path(cfg.trainer.output_dir).is_dir():
+        print(
+            f"note: create {cfg.trainer.output_dir} before sbatch (Slurm does not create the log's folder)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from hpc_ppo.launch.sbatch import allocation_errors, job_id_from_env, prepare_run_dir
+    from hpc_ppo.launch.status import record_job
+
+    cfg = _load_for_slurm(args)
+    if cfg is None:
+        return 2
+    errors = allocation_errors(cfg)
+    run_dir = Path(args.run_dir).resolve()
+    try:
+        if errors:
+            raise ConfigError("\n".join(errors))
+        new = prepare_run_dir(cfg, run_dir)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    job_id = job_id_from_env()
+    if job_id:
+        record_job(run_dir, job_id)
+    print(f"hpc-ppo: {'created' if new else 'resuming in'} {run_dir}", flush=True)
+    print(f"run_dir: {run_dir}", flush=True)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from hpc_ppo.launch.status import collect, format_status
+
+    output_dirs = [Path(d) for d in (args.output_dir or ["runs"])]
+    st = collect(args.target, output_dirs)
+    if not st.lines:
+        print(f"error: {args.target}: neither a run folder nor a Slurm job id", file=sys.stderr)
+        return 2
+    sys.stdout.write(format_status(st))
+    if st.run_dir is None:
+        print(
+            f"error: no run folder found for job {args.target} (looked in "
+            f"{', '.join(f'{d}/.jobs' for d in output_dirs)} and the job's log path); "
+            "pass the run folder, or --output-dir",
+            file=sys.stderr,
+        )
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpc-ppo", description="Slurm-native PPO/GRPO for LLMs")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,10 +260,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
     p.set_defaults(fn=cmd_export_hf)
+    for name, fn, text in (
+        ("submit", cmd_submit, "submit the job to Slurm (submitit; one task per GPU)"),
+        ("render-sbatch", cmd_render_sbatch, "print a commented sbatch script for the config"),
+        ("prepare", cmd_prepare, "create or check a run folder (the batch step of render-sbatch)"),
+    ):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("config", help="YAML config file")
+        p.add_argument(
+            "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. actor.lr=1e-6"
+        )
+        p.set_defaults(fn=fn)
+        if name == "submit":
+            p.add_argument(
+                "--dry-run", action="store_true", help="print the batch script; submit nothing"
+            )
+        elif name == "render-sbatch":
+            p.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
+        else:
+            p.add_argument("--run-dir", required=True, help="the run folder to create or check")
+    p = sub.add_parser("status", help="Slurm state, last step, checkpoint of a run or job")
+    p.add_argument("target", metavar="RUN_DIR_OR_JOB_ID")
+    p.add_argument(
+        "--output-dir",
+        action="append",
+        help="where to look up a job id's run folder (default: runs; repeatable)",
+    )
+    p.set_defaults(fn=cmd_status)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--dry-run" in argv[1:]:  # allowed anywhere among the key=value overrides
+        argv.remove("--dry-run")
+        argv.insert(1, "--dry-run")
     args = build_parser().parse_args(argv)
     return args.fn(args)
 

@@ -110,6 +110,20 @@ class RolloutConfig:
     gpu_memory_utilization: float = _spec(0.5, gt=0.0, lt=1.0)
     enforce_eager: bool = _spec(False, doc="vLLM: disable CUDA graphs")
     free_cache_engine: bool = _spec(True, doc="vLLM: sleep during training")
+    kv_cache_memory_bytes: int | None = _spec(
+        None, ge=1, doc="vLLM: KV cache size in bytes (null: what gpu_memory_utilization leaves)"
+    )
+    max_num_seqs: int | None = _spec(None, ge=1, doc="vLLM: sequences per step (null: its default)")
+    max_num_batched_tokens: int | None = _spec(
+        None, ge=1, doc="vLLM: tokens per step (null: its default)"
+    )
+    enable_prefix_caching: bool | None = _spec(
+        None, doc="vLLM: reuse shared-prefix KV (null: default)"
+    )
+    enable_chunked_prefill: bool | None = _spec(None, doc="vLLM: chunked prefill (null: default)")
+    cache_dir: str | None = _spec(
+        None, doc="vLLM/FlashInfer/Triton/inductor caches; null: <trainer.output_dir>/.cache"
+    )
 
 
 @dataclass
@@ -149,6 +163,12 @@ class TrainerConfig:
     output_dir: str = _spec("runs", doc="run folders are created under it")
     run_name: str | None = _spec(None, doc="default: <config stem>-<timestamp>")
     micro_batch_size: int = _spec(64, ge=1, doc="rollouts per forward/backward pass per rank")
+    max_tokens_per_micro_batch: int | None = _spec(
+        None, ge=1, doc="dynamic batching: pack micro-batches up to this many padded tokens"
+    )
+    balance_tokens: bool = _spec(
+        False, doc="move whole prompt groups between ranks to even out tokens"
+    )
     save_every: int = _spec(0, ge=0, doc="checkpoint every N steps (0: only at the end / on stop)")
     keep_checkpoints: int = _spec(2, ge=2, doc="complete checkpoints kept")
     threads_per_rank: int | None = _spec(None, ge=1, doc="torch CPU threads per rank")
@@ -244,6 +264,15 @@ def load_config(
     return cfg
 
 
+@dataclass(frozen=True)
+class _Typed:
+    """A number read from a command-line override, with the text as typed (YAML 1.1 reads
+    12:00:00 as the integer 43200); a string field takes the text."""
+
+    value: int | float
+    text: str
+
+
 def _apply_override(raw: dict, item: str, errors: list[str]) -> None:
     key, sep, text = item.partition("=")
     if not sep or not key:
@@ -253,6 +282,8 @@ def _apply_override(raw: dict, item: str, errors: list[str]) -> None:
         value = yaml.safe_load(text) if text != "" else ""
     except yaml.YAMLError:
         value = text
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = _Typed(value, text)  # a string field keeps what was typed: slurm.time=12:00:00
     node = raw
     parts = key.strip().split(".")
     for part in parts[:-1]:
@@ -293,7 +324,12 @@ def _build(cls: type, raw: Any, prefix: str, errors: list[str], base: Any = None
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, f"{prefix}{key}.", errors, getattr(base, key))
         else:
+            typed = value
+            if isinstance(value, _Typed):
+                value, typed = value.value, value.text
             ok, converted = _coerce(value, tp)
+            if not ok and typed is not value:
+                ok, converted = _coerce(typed, tp)
             if ok:
                 kwargs[key] = converted
             else:
@@ -510,6 +546,19 @@ def _check_cross_fields(cfg: Config, errors: list[str], check_paths: bool = True
         errors.append(
             "rollout.engine=vllm needs trainer.device=cuda (or auto on a GPU node); use rollout.engine=hf on CPU"
         )
+    if r.engine == "vllm" and r.tp > 1:
+        # A TP group is rollout.tp consecutive ranks, so the rank count must be a multiple.
+        s = cfg.slurm
+        ranks, name = (
+            (s.world_size, f"slurm.nodes x tasks per node = {s.world_size}")
+            if s.gpus_per_node > 0
+            else (t.nprocs, f"trainer.nprocs={t.nprocs}")
+        )
+        if ranks % r.tp:
+            errors.append(
+                f"rollout.tp={r.tp} must divide the number of GPU ranks ({name}): "
+                f"each tensor-parallel group is {r.tp} consecutive ranks"
+            )
 
 
 # ---------------------------------------------------------------------------- output

@@ -29,7 +29,7 @@ def export_hf(run_dir: Path, out: Path, step: int | None = None) -> Path:
     model = load_policy(cfg, tokenizer, cfg.trainer.seed)
     try:
         ckpt.load_model_only(path, "policy", model)
-    except Exception as e:
+    except (Exception, ckpt.CheckpointException) as e:  # DCP's is a BaseException
         raise ConfigError(
             f"checkpoint {path} does not fit the run's model: {ckpt._short(e)}"
         ) from None

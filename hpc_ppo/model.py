@@ -40,16 +40,32 @@ def build_tokenizer(cfg: Config) -> PreTrainedTokenizerBase:
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A character-level tokenizer: one token per character of TINY_CHARS."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    """A character-level tokenizer: one token per character of TINY_CHARS.
 
-    vocab = {t: i for i, t in enumerate(TINY_SPECIALS + list(TINY_CHARS))}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
+    Built as a byte-level BPE without merges, i.e. Qwen2's pipeline: next to a qwen2
+    config.json (an export), transformers 5's AutoTokenizer ignores tokenizer.json's pipeline
+    and rebuilds Qwen2Tokenizer's (ByteLevel, so a space is "Ġ") from the vocab alone; a
+    WordLevel vocab holding " " then lost every space on reload. Characters outside the vocab
+    are dropped (BPE without an unk token), as the reloaded Qwen2Tokenizer does.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    byte_char = {chr(b): c for b, c in enumerate(_bytes_to_unicode())}
+    vocab = {t: i for i, t in enumerate(TINY_SPECIALS + [byte_char[c] for c in TINY_CHARS])}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None, fuse_unk=False))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
     )
+
+
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2's byte-level alphabet: the printable character that stands for each byte 0..255."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    keep += range(ord("®"), ord("ÿ") + 1)
+    extra = iter(range(256, 512))
+    return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
 
 
 def _tiny_config(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> Qwen2Config:

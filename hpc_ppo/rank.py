@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from hpc_ppo.config import load_config
 from hpc_ppo.dist import init_distributed, pick_device
+from hpc_ppo.errors import ConfigError
 from hpc_ppo.launch.env import resolve_rank_env
 from hpc_ppo.preempt import StopFlag, in_slurm_job, requeue_slurm_job
 
@@ -43,6 +44,9 @@ def main(run_dir: str | Path) -> None:
         dist.barrier()
         if not finished:
             _after_stop(env.rank, run_dir)
+    except ConfigError as e:  # bad input only a rank can see (a checkpoint of another shape)
+        print(f"error: rank {env.rank}: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

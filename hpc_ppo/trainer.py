@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import random
 import time
@@ -23,9 +22,10 @@ from torch import nn
 
 from hpc_ppo import checkpoint as ckpt
 from hpc_ppo import dist as hdist
-from hpc_ppo.algo.advantages import gae, grpo_advantages, masked_mean, token_level_rewards
-from hpc_ppo.algo.losses import aggregate, kl_penalty, policy_loss, value_loss
-from hpc_ppo.batch import RolloutBatch, collate, critic_forward, forward_in_chunks, policy_forward
+from hpc_ppo import microbatch
+from hpc_ppo.algo.advantages import masked_mean
+from hpc_ppo.balance import balance_groups
+from hpc_ppo.batch import collate, critic_forward, policy_forward
 from hpc_ppo.checkpoint import Checkpointable
 from hpc_ppo.config import RESUMABLE_KEYS, Config, to_dict
 from hpc_ppo.data import Prompt, PromptSampler, load_prompts, make_letters_prompts, shard_for_rank
@@ -34,6 +34,7 @@ from hpc_ppo.preempt import StopFlag
 from hpc_ppo.reward import resolve_reward_fn, score_batch
 from hpc_ppo.rollout.base import RolloutEngine, SamplingSpec
 from hpc_ppo.tracking import MetricsSink, NullTracker, Tracker, flatten, read_run_id
+from hpc_ppo.update import PPOUpdate, compute_advantages
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class Trainer:
         self.critic_opt, self.critic_sched = (
             _optimizer(self.critic, cfg.critic) if self.critic else (None, None)
         )
+        self.updater = PPOUpdate(cfg, self.policy, self.actor_opt, self.critic, self.critic_opt)
         self.parts = [Checkpointable("policy", self.policy, self.actor_opt, self.actor_sched)]
         if self.critic is not None:
             self.parts.append(
@@ -124,9 +126,11 @@ class Trainer:
 
     def _resume(self) -> int:
         """Continue from the newest complete checkpoint, if the run folder has one."""
-        if not ckpt.complete_steps(self.run_dir, warn=self.rank == 0):
+        # One listing: resolve_step would list (and warn about skipped folders) again.
+        steps = ckpt.complete_steps(self.run_dir, warn=self.rank == 0)
+        if not steps:
             return 0
-        path = ckpt.resolve_step(self.run_dir, None)
+        path = ckpt.checkpoint_root(self.run_dir) / f"step_{steps[-1]}"
         state = ckpt.load(path, self.parts)
         self.sampler.load_state_dict(state["sampler"])
         if state.get("last_metrics"):
@@ -157,7 +161,7 @@ class Trainer:
         if self.cfg.rollout.engine == "vllm":
             from hpc_ppo.rollout.vllm_engine import VLLMEngine  # only GPU installs have vllm
 
-            return VLLMEngine(self.cfg, self.tokenizer, self.device)
+            return VLLMEngine(self.cfg, self.tokenizer, self.device, self.run_dir)
         from hpc_ppo.rollout.hf_engine import HFEngine
 
         model = load_policy(self.cfg, self.tokenizer, self.cfg.trainer.seed)
@@ -252,25 +256,32 @@ class Trainer:
             scores = score_batch(
                 self.reward_fn, [p.text for p in owners], responses, [p.answer for p in owners]
             )
+        if cfg.trainer.balance_tokens and self.world > 1:
+            samples, scores = balance_groups(samples, scores, cfg.rollout.n, self.rank, self.world)
         batch = collate(samples, scores, self.tokenizer.pad_token_id).to(self.device)
-        mask, mb = batch["response_mask"], cfg.trainer.micro_batch_size
-        temp = cfg.rollout.temperature
+        mask, temp = batch["response_mask"], cfg.rollout.temperature
+        parts = microbatch.plan(
+            batch, cfg.trainer.micro_batch_size, cfg.trainer.max_tokens_per_micro_batch
+        )
         with phase("old_logprob"):
-            batch["old_logprobs"] = forward_in_chunks(
-                policy_forward, self.policy, batch, mb, temperature=temp
+            batch["old_logprobs"] = microbatch.forward_all(
+                policy_forward, self.policy, batch, parts, temperature=temp
             )
         if self.ref is not None:
             with phase("ref"):
-                batch["ref_logprobs"] = forward_in_chunks(
-                    policy_forward, self.ref, batch, mb, temperature=temp
+                batch["ref_logprobs"] = microbatch.forward_all(
+                    policy_forward, self.ref, batch, parts, temperature=temp
                 )
         if self.critic is not None:
             with phase("values"):
-                batch["values"] = forward_in_chunks(critic_forward, self.critic, batch, mb)
+                batch["values"] = microbatch.forward_all(critic_forward, self.critic, batch, parts)
         with phase("advantages"):
-            kl_metric = self._advantages(batch)
+            kl_metric = compute_advantages(cfg, batch)
         with phase("update"):
-            stats = self._update(batch, step)
+            stats = self.updater.run(batch, _step_seed(cfg.trainer.seed, step, self.rank) + 1)
+            self.actor_sched.step()
+            if self.critic_sched is not None:
+                self.critic_sched.step()
         local = {
             "reward/local_mean": float(batch["scores"].mean()),
             "actor/kl_ref": kl_metric,
@@ -306,114 +317,6 @@ class Trainer:
             ids = self.tokenizer(prompt.text, add_special_tokens=False)["input_ids"]
         return list(ids)[-self.cfg.data.max_prompt_tokens :]
 
-    def _advantages(self, batch: RolloutBatch) -> float:
-        """Token rewards and advantages in place; returns the mean KL to the reference."""
-        a, mask = self.cfg.algo, batch["response_mask"]
-        kl = None
-        if "ref_logprobs" in batch.t:
-            kl = kl_penalty(batch["old_logprobs"], batch["ref_logprobs"], a.kl_estimator)
-        in_reward = kl is not None and a.kl_mode == "reward"
-        rewards = token_level_rewards(
-            batch["scores"], mask, kl if in_reward else None, a.kl_coef if in_reward else 0.0
-        )
-        if a.name == "ppo":
-            adv, ret = gae(rewards, batch["values"], mask, a.gamma, a.lam)
-            batch["returns"] = ret
-            if a.whiten_advantages:
-                adv = _global_whiten(adv, mask)
-        else:
-            adv = grpo_advantages(batch["scores"], self.cfg.rollout.n, mask)
-        batch["advantages"] = adv
-        return float(masked_mean(kl, mask)) if kl is not None else 0.0
-
-    def _update(self, batch: RolloutBatch, step: int) -> dict[str, float]:
-        a, t = self.cfg.algo, self.cfg.trainer
-        rows_per_mini = a.mini_batch_size // self.world * self.cfg.rollout.n
-        sums: dict[str, float] = {}
-        count = 0
-        gen = torch.Generator().manual_seed(_step_seed(t.seed, step, self.rank) + 1)
-        for _ in range(a.ppo_epochs):
-            order = torch.randperm(len(batch), generator=gen)
-            for start in range(0, len(batch), rows_per_mini):
-                mini = batch.select(order[start : start + rows_per_mini].to(self.device))
-                stats = self._actor_step(mini)
-                if self.critic is not None:
-                    stats.update(self._critic_step(mini))
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
-        self.actor_sched.step()
-        if self.critic_sched is not None:
-            self.critic_sched.step()
-        return {k: v / count for k, v in sums.items()}
-
-    def _actor_step(self, mini: RolloutBatch) -> dict[str, float]:
-        a = self.cfg.algo
-        self.actor_opt.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
-        for micro in mini.chunks(self.cfg.trainer.micro_batch_size):
-            # Simplification: micro-batch losses are weighted by row share, so token-mean over a
-            # mini-batch split in micro-batches is a mean of per-micro token means.
-            weight = len(micro) / len(mini)
-            mask = micro["response_mask"]
-            logprobs, entropy = policy_forward(
-                self.policy, micro, self.cfg.rollout.temperature, with_entropy=True
-            )
-            pg, st = policy_loss(
-                logprobs,
-                micro["old_logprobs"],
-                micro["advantages"],
-                mask,
-                a.clip_ratio,
-                agg=a.loss_agg,
-            )
-            ent = aggregate(entropy, mask, a.loss_agg)
-            loss = pg - a.entropy_coef * ent
-            if "ref_logprobs" in micro.t and a.kl_mode == "loss":
-                kl = aggregate(
-                    kl_penalty(logprobs, micro["ref_logprobs"], a.kl_estimator), mask, a.loss_agg
-                )
-                loss = loss + a.kl_coef * kl
-            (loss * weight).backward()
-            for k, v in {
-                "actor/pg_loss": pg,
-                "actor/entropy": ent,
-                "actor/clipfrac": st["clipfrac"],
-                "actor/approx_kl": st["approx_kl"],
-            }.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) * weight
-        sums["actor/grad_norm"] = _clip_and_step(
-            self.policy, self.actor_opt, self.cfg.actor.grad_clip
-        )
-        return sums
-
-    def _critic_step(self, mini: RolloutBatch) -> dict[str, float]:
-        a = self.cfg.algo
-        self.critic_opt.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
-        for micro in mini.chunks(self.cfg.trainer.micro_batch_size):
-            weight = len(micro) / len(mini)
-            values = critic_forward(self.critic, micro)
-            vf, st = value_loss(
-                values,
-                micro["values"],
-                micro["returns"],
-                micro["response_mask"],
-                a.value_clip,
-                agg=a.loss_agg,
-            )
-            (a.vf_coef * vf * weight).backward()
-            for k, v in {
-                "critic/vf_loss": vf,
-                "critic/vf_clipfrac": st["vf_clipfrac"],
-                "critic/values_mean": st["value_mean"],
-            }.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) * weight
-        sums["critic/grad_norm"] = _clip_and_step(
-            self.critic, self.critic_opt, self.cfg.critic.grad_clip
-        )
-        return sums
-
 
 def _chunk_bounds(n: int, chunks: int) -> list[tuple[int, int]]:
     """Split n items into `chunks` contiguous, near-equal ranges (same count on every rank)."""
@@ -429,7 +332,10 @@ def _params_and_tags(run_dir: Path, cfg: Config) -> tuple[dict[str, str], dict[s
     first = json.loads(first_path.read_text()) if first_path.is_file() else {}
     tags = {"launcher": "slurm" if "SLURM_JOB_ID" in os.environ else "local"}
     for key in RESUMABLE_KEYS:
-        if key in first and first[key] != params[key]:
+        # Every resumed job tags all of them, changed or not: MLflow keeps tags, so a tag only
+        # set on change went stale when a later resume went back to the first value
+        # (2 -> 1 -> 2 ranks left resumed.trainer.nprocs=1).
+        if key in first:
             tags[f"resumed.{key}"], params[key] = params[key], first[key]
     if "SLURM_JOB_ID" in os.environ:
         tags["slurm.job_id"] = os.environ["SLURM_JOB_ID"]
@@ -456,27 +362,6 @@ def _optimizer(
         opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
     )
     return opt, sched
-
-
-def _clip_and_step(model: nn.Module, opt: torch.optim.Optimizer, max_norm: float) -> float:
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-    if torch.isfinite(norm):
-        opt.step()
-    else:  # a NaN/inf gradient would poison the weights; skip this update on every rank alike
-        opt.zero_grad(set_to_none=True)
-    return float(norm)
-
-
-def _global_whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Whiten over the masked tokens of all ranks, so every rank scales advantages alike."""
-    s = hdist.all_reduce(
-        [float((x * mask).sum()), float((x * x * mask).sum()), float(mask.sum())], "sum"
-    )
-    n = max(s[2], 1.0)
-    mean = s[0] / n
-    var = max(s[1] / n - mean * mean, 0.0) * n / max(n - 1, 1.0)
-    return (x - mean) / math.sqrt(var + 1e-8) * mask
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:

@@ -219,11 +219,13 @@ def test_type_error_names_key_and_expected_type():
         ("actor.lr=true", "actor.lr=True: expected a number"),
         ("actor.lr=fast", "actor.lr='fast': expected a number"),
         ("data.shuffle=1", "data.shuffle=1: expected true/false"),
-        ("model.dtype=16", "model.dtype=16: expected a string"),
+        ("model.dtype=16", "model.dtype='16': must be one of float32, bfloat16"),
         ("trainer.threads_per_rank=x", "expected an integer or null"),
     ],
 )
 def test_wrong_types_are_rejected(override, fragment):
+    """A number typed for a string field is kept as typed text (slurm.time=12:00:00), so the
+    field's own check (here: choices) reports it."""
     (line,) = errors_of(TINY, [override])
     assert fragment in line
 
@@ -483,3 +485,9 @@ def _flatten(d: dict, prefix: str = ""):
             yield from _flatten(v, f"{prefix}{k}.")
         else:
             yield f"{prefix}{k}", v
+
+
+def test_string_fields_keep_the_typed_text_of_numbers():
+    cfg = load_config(TINY, ["slurm.time=12:00:00", "trainer.run_name=2024", "actor.lr=1e-4"])
+    assert cfg.slurm.time == "12:00:00" and cfg.trainer.run_name == "2024"
+    assert cfg.actor.lr == 1e-4

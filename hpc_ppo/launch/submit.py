@@ -1,0 +1,157 @@
+"""`hpc-ppo submit`: one Slurm job through submitit, one task per GPU, all running the rank entry.
+
+    hpc-ppo submit configs/qwen2-7b.yaml slurm.partition=gpu    # prints job_id: and run_dir:
+    hpc-ppo submit configs/qwen2-7b.yaml --dry-run              # prints the batch script only
+
+Every task calls `hpc_ppo.rank.main(run_dir)`; submitit pickles that call into `<run_dir>/slurm`
+and starts the tasks with the submitter's interpreter (sys.executable). A plain function, not a
+submitit Checkpointable: the ranks install their own USR2/TERM handlers after submitit's, agree
+to stop, save a checkpoint and requeue (hpc_ppo.preempt), which submitit's rank-0-only
+checkpoint() cannot do for a sharded model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from hpc_ppo.config import Config
+from hpc_ppo.launch.sbatch import job_setup, parse_extra_option, time_minutes
+from hpc_ppo.launch.status import record_job
+
+# sbatch's error text -> the config key to change, and where to look for valid values.
+_HINTS = (
+    ("invalid partition", "slurm.partition", "`sinfo -s` lists the partitions"),
+    ("invalid account", "slurm.account", "`sacctmgr show assoc user=$USER` lists yours"),
+    ("invalid qos", "slurm.qos", "`sacctmgr show assoc user=$USER` lists yours"),
+    ("invalid feature", "slurm.constraint", "`sinfo -o '%N %f'` lists node features"),
+    ("time limit", "slurm.time", "`sinfo -s` shows each partition's limit"),
+    ("node count", "slurm.nodes", "`sinfo -s` shows the nodes per partition"),
+    ("gres", "slurm.gpus_per_node", "`sinfo -o '%N %G'` lists the GPUs per node"),
+    ("memory", "slurm.mem", "`sinfo -o '%N %m'` lists the memory per node (MB)"),
+    ("processors", "slurm.cpus_per_task", "`sinfo -o '%N %c'` lists the CPUs per node"),
+    (
+        "node configuration is not available",
+        "slurm.nodes / slurm.gpus_per_node / slurm.cpus_per_task / slurm.mem",
+        "no node of the partition has that many; `sinfo -o '%P %D %c %m %G'`",
+    ),
+)
+
+
+class SubmitError(RuntimeError):
+    """sbatch refused the job (or is missing); the message says which config key to change."""
+
+
+def submitit_parameters(cfg: Config, job_name: str) -> dict[str, Any]:
+    """SlurmExecutor.update_parameters() arguments for `cfg` (names of submitit's sbatch
+    renderer, `_make_sbatch_string`)."""
+    s = cfg.slurm
+    params: dict[str, Any] = {
+        "job_name": job_name,
+        "nodes": s.nodes,
+        "ntasks_per_node": s.ntasks_per_node,
+        "cpus_per_task": s.cpus_per_task,
+        "time": time_minutes(s.time),
+        # --signal=USR2@<lead>, to the tasks (no B:): the ranks catch it
+        "signal_delay_s": s.signal_lead_s,
+        "setup": job_setup(cfg),
+        # one log per task, stdout and stderr together: `tail -f <id>_0_log.out` shows rank 0
+        "stderr_to_stdout": True,
+        "srun_args": ["--kill-on-bad-exit=1"],
+        "wckey": None,  # submitit's default tags the job "submitit" in accounting
+    }
+    if s.gpus_per_node and s.gpu_binding == "task":
+        params["gpus_per_task"] = 1
+    elif s.gpus_per_node:
+        params["gpus_per_node"] = s.gpus_per_node
+    for key in ("mem", "partition", "account", "qos", "constraint"):
+        if getattr(s, key) is not None:
+            params[key] = getattr(s, key)
+    if s.exclusive:
+        params["exclusive"] = True
+    # submitit already writes --open-mode=append, so the log survives requeues
+    extra: dict[str, Any] = {"requeue" if s.requeue else "no-requeue": True}
+    extra.update(parse_extra_option(o) for o in s.extra_sbatch)
+    params["additional_parameters"] = extra
+    return params
+
+
+def submitit_folder(run_dir: Path) -> Path:
+    return (run_dir / "slurm").expanduser().absolute()
+
+
+def batch_script(cfg: Config, run_dir: Path) -> str:
+    """The batch script `submit(cfg, run_dir)` hands to sbatch, rendered without Slurm."""
+    # submitit renders through this module-level function in SlurmExecutor as well; it needs no
+    # srun, which the executor's constructor insists on.
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    folder = submitit_folder(run_dir)
+    # = SlurmExecutor._submitit_command_str
+    command = " ".join(
+        [shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))]
+    )
+    params = submitit_parameters(cfg, cfg.slurm.job_name or run_dir.name)
+    return _make_sbatch_string(command=command, folder=folder, **params)
+
+
+def log_path(run_dir: Path, job_id: str, task: int = 0) -> Path:
+    return submitit_folder(run_dir) / f"{job_id}_{task}_log.out"
+
+
+def require_sbatch() -> None:
+    """Fail early, before a run folder exists, where Slurm's client commands are missing."""
+    if shutil.which("sbatch") is None or shutil.which("srun") is None:
+        raise SubmitError(
+            "sbatch/srun not found: run `hpc-ppo submit` where Slurm's client commands are"
+            " (a login node); `--dry-run` and `hpc-ppo render-sbatch` work anywhere"
+        )
+
+
+def submit(cfg: Config, run_dir: Path) -> str:
+    """Submit the job of `run_dir` (which holds config.yaml); return the Slurm job id.
+
+    If sbatch refuses, the run folder is deleted (no folder claims a job that does not exist)
+    and SubmitError says what sbatch said and which config key to change.
+    """
+    from submitit import SlurmExecutor
+    from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+    from hpc_ppo.rank import main as rank_main
+
+    try:
+        require_sbatch()
+        executor = SlurmExecutor(folder=submitit_folder(run_dir))
+        executor.update_parameters(**submitit_parameters(cfg, cfg.slurm.job_name or run_dir.name))
+        # submitit prints sbatch's stderr itself; we show it once, with the hint
+        with contextlib.redirect_stderr(io.StringIO()):
+            try:
+                job = executor.submit(rank_main, str(run_dir))
+            except (FailedJobError, FailedSubmissionError) as e:
+                raise SubmitError(explain_sbatch_error(str(e), cfg)) from None
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    job_id = str(job.job_id)
+    record_job(run_dir, job_id)
+    return job_id
+
+
+def explain_sbatch_error(text: str, cfg: Config) -> str:
+    """sbatch's message plus the config key that most likely caused it."""
+    text = text.strip() or "sbatch failed without a message"
+    lowered = text.lower()
+    for needle, key, where in _HINTS:
+        if needle in lowered:
+            now = (
+                f" (now {getattr(cfg.slurm, key.removeprefix('slurm.'))!r})"
+                if " " not in key and key.startswith("slurm.")
+                else ""
+            )
+            return f"{text}\nchange {key}{now}, e.g. `hpc-ppo submit CONFIG {key.split(' ')[0]}=...`; {where}"
+    return f"{text}\ncheck the slurm.* section of the config (`hpc-ppo validate CONFIG` prints it)"

@@ -1,0 +1,395 @@
+"""`hpc-ppo submit` and `hpc-ppo status` without a cluster: parameter mapping, the dry-run
+script, and a real submit through submitit against a fake `sbatch` (the boundary).
+
+Run: python -m pytest tests/launch/test_submit.py -q
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from hpc_ppo.cli import main
+from hpc_ppo.config import load_config
+from hpc_ppo.launch import status, submit
+from hpc_ppo.launch.sbatch import time_minutes, time_seconds
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = str(ROOT / "configs" / "tiny-cpu.yaml")
+QWEN7B = str(ROOT / "configs" / "qwen2-7b.yaml")
+GRPO = str(ROOT / "configs" / "qwen2.5-0.5b-grpo.yaml")
+
+
+def gpu_cfg(*overrides: str):
+    """The 7B config (1 node x 8 GPUs) without its model/data, which this machine lacks."""
+    return load_config(QWEN7B, list(overrides), check_paths=False)
+
+
+def _exe(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+@pytest.fixture
+def no_slurm(tmp_path, monkeypatch):
+    """PATH without sbatch/srun: a laptop or a CI box without Slurm."""
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    """`sbatch` that saves the script it is given and answers like Slurm; `srun` (submitit
+    checks for it). FAKE_SBATCH_ERROR makes sbatch fail with that message."""
+    bin_dir = tmp_path / "fake-bin"
+    bin_dir.mkdir()
+    captured = tmp_path / "captured.sbatch"
+    _exe(
+        bin_dir / "sbatch",
+        f"""#!/bin/sh
+if [ -n "$FAKE_SBATCH_ERROR" ]; then
+  echo "sbatch: error: $FAKE_SBATCH_ERROR" >&2
+  echo "sbatch: error: Batch job submission failed: $FAKE_SBATCH_ERROR" >&2
+  exit 1
+fi
+cp "$1" {captured}
+echo "Submitted batch job 4242"
+""",
+    )
+    _exe(bin_dir / "srun", "#!/bin/sh\nexit 0\n")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("FAKE_SBATCH_ERROR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return captured
+
+
+# ---------------------------------------------------------------- parameter mapping
+
+
+def test_parameters_for_one_node_of_eight_gpus():
+    cfg = gpu_cfg("slurm.partition=gpu", "slurm.account=proj", "slurm.qos=high", "slurm.mem=900G")
+    p = submit.submitit_parameters(cfg, "my-run")
+    assert p["job_name"] == "my-run"
+    assert (p["nodes"], p["ntasks_per_node"], p["gpus_per_node"]) == (1, 8, 8)
+    assert "gpus_per_task" not in p
+    assert p["cpus_per_task"] == 8
+    assert p["time"] == 24 * 60  # "24:00:00" in minutes, submitit's unit
+    assert p["signal_delay_s"] == 600  # -> --signal=USR2@600
+    assert (p["partition"], p["account"], p["qos"], p["mem"]) == ("gpu", "proj", "high", "900G")
+    assert p["exclusive"] is True
+    assert p["additional_parameters"] == {"requeue": True}
+    assert p["srun_args"] == ["--kill-on-bad-exit=1"]
+    assert p["stderr_to_stdout"] is True
+    assert "constraint" not in p  # unset keys are not passed at all
+
+
+def test_parameters_bind_one_gpu_per_task_and_no_requeue_and_extras():
+    cfg = gpu_cfg(
+        "slurm.gpu_binding=task",
+        "slurm.nodes=2",
+        "slurm.requeue=false",
+        "slurm.exclusive=false",
+        "slurm.constraint=h100",
+        "slurm.extra_sbatch=[--reservation=big, --mail-type=END, --hint=nomultithread]",
+    )
+    p = submit.submitit_parameters(cfg, "x")
+    assert p["gpus_per_task"] == 1 and "gpus_per_node" not in p
+    assert (p["nodes"], p["ntasks_per_node"]) == (2, 8)
+    assert "exclusive" not in p
+    assert p["constraint"] == "h100"
+    assert p["additional_parameters"] == {
+        "no-requeue": True,
+        "reservation": "big",
+        "mail-type": "END",
+        "hint": "nomultithread",
+    }
+
+
+def test_cpu_job_has_no_gpu_options():
+    p = submit.submitit_parameters(load_config(TINY, ["slurm.nodes=2"]), "t")
+    assert (p["nodes"], p["ntasks_per_node"]) == (2, 1)
+    assert "gpus_per_node" not in p and "gpus_per_task" not in p
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds", "minutes"),
+    [
+        ("90", 5400, 90),
+        ("1:30", 90, 2),
+        ("01:00:00", 3600, 60),
+        ("2-00", 172800, 2880),
+        ("1-02:03", 93780, 1563),
+        ("1-00:00:01", 86401, 1441),
+    ],
+)
+def test_slurm_time_formats(text, seconds, minutes):
+    assert time_seconds(text) == seconds
+    assert time_minutes(text) == minutes
+
+
+# ---------------------------------------------------------------- dry run
+
+
+def test_dry_run_script_for_eight_gpus_with_setup(no_slurm):
+    cfg = gpu_cfg("slurm.setup=[module load cuda/12.8, source /opt/venv/bin/activate]")
+    text = submit.batch_script(cfg, no_slurm / "runs" / "r1")
+    lines = text.splitlines()
+    for expected in (
+        "#SBATCH --nodes=1",
+        "#SBATCH --ntasks-per-node=8",
+        "#SBATCH --gpus-per-node=8",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --signal=USR2@600",
+        "#SBATCH --requeue",
+        "#SBATCH --open-mode=append",
+        "#SBATCH --exclusive",
+        "#SBATCH --time=1440",
+        "#SBATCH --job-name=r1",
+        f"#SBATCH --output={no_slurm}/runs/r1/slurm/%j_0_log.out",
+    ):
+        assert expected in lines, (expected, text)
+    assert not any(line.startswith("#SBATCH --error") for line in lines)  # one log per task
+    setup = lines.index("module load cuda/12.8")
+    assert lines[setup + 1] == "source /opt/venv/bin/activate"
+    assert (
+        lines.index(
+            "unset RANK LOCAL_RANK WORLD_SIZE LOCAL_WORLD_SIZE MASTER_ADDR MASTER_PORT GROUP_RANK"
+        )
+        < setup
+    )
+    srun = next(line for line in lines if line.startswith("srun "))
+    assert "--kill-on-bad-exit=1" in srun and "-m submitit.core._submit" in srun
+    assert srun.endswith(f"{no_slurm}/runs/r1/slurm")
+
+
+def test_cli_dry_run_of_the_7b_example_without_slurm_or_model(no_slurm, capsys):
+    assert main(["submit", QWEN7B, f"trainer.output_dir={no_slurm}/out", "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("#!/bin/bash\n")
+    assert "#SBATCH --ntasks-per-node=8" in out and "#SBATCH --gpus-per-node=8" in out
+    assert "warning: model.path=/path/to/Qwen2-7B-Instruct" in err
+    assert "warning: data.path=/path/to/gsm8k/train.jsonl" in err
+    assert "nothing submitted" in err
+    assert not (no_slurm / "out").exists()
+
+
+@pytest.mark.parametrize("config", [QWEN7B, GRPO])
+def test_example_configs_load_apart_from_paths(config):
+    cfg = load_config(config, check_paths=False)
+    from hpc_ppo.launch.sbatch import slurm_errors
+
+    assert slurm_errors(cfg) == []
+    assert cfg.slurm.world_size == 8 and cfg.rollout.engine == "vllm"
+
+
+def test_real_submit_refuses_missing_model(no_slurm, capsys):
+    assert main(["submit", QWEN7B, f"trainer.output_dir={no_slurm}/out"]) == 2
+    err = capsys.readouterr().err
+    assert "model.path=/path/to/Qwen2-7B-Instruct: directory not found" in err
+    assert not (no_slurm / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["slurm.nodes=3"], "algo.mini_batch_size=16 must be a multiple of the Slurm world size 3"),
+        (["slurm.tasks_per_node=5"], "Slurm world size 5 (slurm.nodes=1 x 5 tasks per node)"),
+        (['slurm.partition="a\\nb"'], "slurm.partition='a\\nb': must be one line"),
+        (["slurm.time=1h"], "slurm.time='1h': expected minutes"),
+        (
+            ['slurm.time="2"', "slurm.signal_lead_s=180"],
+            "must be shorter than slurm.time=2 (120 s)",
+        ),
+        (["slurm.extra_sbatch=[--time=5]"], "--time is set by hpc-ppo; use slurm.time"),
+        (["slurm.extra_sbatch=[-p x]"], "expected a long option"),
+        (["slurm.mem=lots"], "slurm.mem='lots'"),
+        (["slurm.gpu_binding=task"], "slurm.gpu_binding=task needs slurm.gpus_per_node > 0"),
+    ],
+)
+def test_slurm_errors_exit_2_and_create_nothing(no_slurm, capsys, overrides, fragment):
+    code = main(["submit", TINY, f"trainer.output_dir={no_slurm}/out", *overrides, "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "invalid configuration for Slurm" in err and fragment in err, err
+    assert not (no_slurm / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (
+            ["rollout.tp=4", "slurm.gpus_per_node=2", "slurm.nodes=2"],
+            "rollout.tp=4 must divide slurm.gpus_per_node=2",
+        ),
+        (["slurm.tasks_per_node=4"], "slurm.tasks_per_node=4 must equal slurm.gpus_per_node=8"),
+    ],
+)
+def test_gpu_layout_rules(overrides, fragment):
+    from hpc_ppo.launch.sbatch import slurm_errors
+
+    assert any(fragment in e for e in slurm_errors(gpu_cfg(*overrides)))
+
+
+def test_submit_without_sbatch_exits_1_and_creates_nothing(no_slurm, capsys):
+    assert main(["submit", TINY, f"trainer.output_dir={no_slurm}/out"]) == 1
+    assert "sbatch/srun not found" in capsys.readouterr().err
+    assert not (no_slurm / "out").exists()
+
+
+# ---------------------------------------------------------------- submit through submitit
+
+
+def test_submit_hands_sbatch_the_dry_run_script_and_records_the_job(fake_slurm, capsys):
+    args = ["submit", TINY, "slurm.nodes=2", "trainer.output_dir=out", "trainer.run_name=r1"]
+    assert main([*args, "--dry-run"]) == 0
+    dry = capsys.readouterr().out
+    assert main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    run_dir = (fake_slurm.parent / "out" / "r1").resolve()
+    assert out[-2:] == ["job_id: 4242", f"run_dir: {run_dir}"]
+    assert f"follow the log: tail -f {run_dir}/slurm/4242_0_log.out" in out
+    assert fake_slurm.read_text() == dry  # --dry-run shows exactly what is submitted
+    assert (run_dir / "config.yaml").is_file()
+    assert status.read_job_id(run_dir) == "4242"
+    assert (run_dir.parent / ".jobs" / "4242").read_text().strip() == str(run_dir)
+    # the pickled call: hpc_ppo.rank.main(run_dir), a plain importable function
+    from submitit.core.utils import DelayedSubmission
+
+    from hpc_ppo.rank import main as rank_main
+
+    delayed = DelayedSubmission.load(run_dir / "slurm" / "4242_submitted.pkl")
+    assert delayed.function is rank_main
+    assert delayed.args == (str(run_dir),)
+
+
+def test_refused_submit_names_the_key_and_removes_the_run_folder(fake_slurm, capsys, monkeypatch):
+    monkeypatch.setenv("FAKE_SBATCH_ERROR", "Invalid partition name specified")
+    code = main(["submit", TINY, "slurm.partition=nope", "trainer.output_dir=out"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Batch job submission failed: Invalid partition name specified" in err
+    assert "change slurm.partition (now 'nope')" in err
+    assert err.count("Invalid partition name specified") == 2  # sbatch's two lines, once each
+    assert list((fake_slurm.parent / "out").iterdir()) == []
+
+
+def test_unknown_sbatch_error_points_at_the_slurm_section():
+    cfg = load_config(TINY)
+    text = submit.explain_sbatch_error("sbatch: error: something new", cfg)
+    assert text.startswith("sbatch: error: something new\n")
+    assert "slurm.*" in text
+
+
+# ---------------------------------------------------------------- status
+
+
+def norm(out: str) -> str:
+    """`status` output with its label padding collapsed: "label: text" per line."""
+    return "\n".join(" ".join(line.split()) for line in out.splitlines())
+
+
+def test_parse_scontrol_keeps_values_with_spaces():
+    line = (
+        "JobId=7 JobName=my job JobState=RUNNING Reason=None Restarts=2 "
+        "StdOut=/tmp/a b/7.out WorkDir=/w Socks/Node=* TRES=cpu=2,node=1"
+    )
+    info = status.parse_scontrol(line)
+    assert info["JobName"] == "my job"
+    assert info["StdOut"] == "/tmp/a b/7.out"
+    assert (info["Restarts"], info["Socks/Node"], info["TRES"]) == ("2", "*", "cpu=2,node=1")
+
+
+def _run_dir(tmp_path: Path, job_id: str | None = "77") -> Path:
+    run_dir = tmp_path / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("trainer: {total_steps: 5}\n")
+    (run_dir / "metrics.jsonl").write_text(
+        '{"step": 0, "time": 1, "reward/mean": 0.1}\n'
+        '{"step": 1, "time": 2, "reward/mean": 0.25, "time/step": 1.5}\n'
+        '{"step": 1, "time": 2, "critic/vf_loss": 0.5}\n'
+        '{"step": 2, "ti'  # a partial last line of a killed job
+    )
+    (run_dir / "mlflow_run_id").write_text("abc123\n")
+    ckpt = run_dir / "checkpoints"
+    (ckpt / "step_1").mkdir(parents=True)
+    (ckpt / "step_1" / "COMPLETE").write_text("")
+    (ckpt / "step_1" / "trainer.json").write_text("{}")
+    (ckpt / "step_2.tmp").mkdir()
+    if job_id:
+        status.record_job(run_dir, job_id)
+    return run_dir
+
+
+@pytest.fixture
+def fake_scontrol(tmp_path, monkeypatch):
+    """`scontrol show job -o 77` answers like slurmctld; any other id is unknown; no sacct."""
+    bin_dir = tmp_path / "sc-bin"
+    bin_dir.mkdir()
+    log = tmp_path / "runs" / "r" / "slurm" / "77_0_log.out"
+    _exe(
+        bin_dir / "scontrol",
+        f"""#!/bin/sh
+if [ "$4" = 77 ]; then
+  echo "JobId=77 JobName=r JobState=COMPLETED Reason=None Restarts=1 RunTime=00:01:02 ExitCode=0:0 StdOut={log} WorkDir=/nowhere"
+else
+  echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1
+fi
+""",
+    )
+    monkeypatch.setenv("PATH", str(bin_dir))  # no sacct either: tolerated
+    return log
+
+
+def test_status_of_a_run_dir(tmp_path, fake_scontrol, capsys):
+    run_dir = _run_dir(tmp_path)
+    fake_scontrol.write_text("log\n")
+    assert main(["status", str(run_dir)]) == 0
+    out = norm(capsys.readouterr().out)
+    assert "job_id: 77" in out
+    assert "state: COMPLETED (scontrol; run time 00:01:02; exit code 0:0)" in out
+    assert "restarts: 1" in out
+    assert (
+        "last_step: 1 (2 of 5 steps logged) reward/mean=0.25 critic/vf_loss=0.5 time/step=1.5"
+        in out
+    )
+    assert f"checkpoint: {run_dir}/checkpoints/step_1" in out
+    assert "mlflow_run_id: abc123" in out
+    assert f"log: {fake_scontrol}" in out
+
+
+def test_status_by_job_id_uses_the_index_or_the_log_path(tmp_path, fake_scontrol, capsys):
+    run_dir = _run_dir(tmp_path)
+    assert main(["status", "77", "--output-dir", str(tmp_path / "runs")]) == 0
+    assert f"run_dir: {run_dir}" in norm(capsys.readouterr().out)
+    (tmp_path / "runs" / ".jobs" / "77").unlink()  # no index: scontrol's StdOut leads there
+    assert main(["status", "77", "--output-dir", str(tmp_path / "elsewhere")]) == 0
+    assert f"run_dir: {run_dir}" in norm(capsys.readouterr().out)
+
+
+def test_status_of_an_unknown_job_or_a_local_run(tmp_path, fake_scontrol, capsys):
+    assert main(["status", "123", "--output-dir", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    out = norm(out)
+    assert "state: unknown (neither scontrol nor sacct knows the job)" in out
+    assert "no run folder found for job 123" in err
+    run_dir = _run_dir(tmp_path, job_id=None)
+    assert main(["status", str(run_dir)]) == 0
+    out = norm(capsys.readouterr().out)
+    assert "job_id: none (not launched through Slurm)" in out and "state:" not in out
+    assert main(["status", "not-a-dir-or-id"]) == 2
+
+
+def test_status_falls_back_to_sacct_once_slurmctld_forgot_the_job(tmp_path, fake_scontrol, capsys):
+    run_dir = _run_dir(tmp_path, job_id="88")
+    sacct = Path(os.environ["PATH"]) / "sacct"
+    _exe(sacct, '#!/bin/sh\necho "88|TIMEOUT|0:0|01:00:03|/w"\n')
+    assert main(["status", str(run_dir)]) == 0
+    out = norm(capsys.readouterr().out)
+    assert "state: TIMEOUT (sacct; elapsed 01:00:03; exit code 0:0)" in out
+    assert "restarts: unknown (slurmctld no longer holds the job)" in out

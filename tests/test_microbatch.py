@@ -1,0 +1,66 @@
+"""Micro-batch planning and trimming: what FSDP needs (same count everywhere) and no padding waste."""
+
+from __future__ import annotations
+
+import torch
+
+from hpc_ppo import microbatch
+from hpc_ppo.batch import collate, policy_forward
+from hpc_ppo.rollout.base import Sample
+
+
+def _batch(prompt_lens, resp_lens):
+    samples = [
+        Sample(i, list(range(3, 3 + p)), list(range(5, 5 + r)), [-0.5] * r, False)
+        for i, (p, r) in enumerate(zip(prompt_lens, resp_lens, strict=True))
+    ]
+    return collate(samples, [0.0] * len(samples), pad_id=0)
+
+
+def test_fixed_rows_split_into_near_equal_contiguous_parts():
+    parts = microbatch.plan(_batch([2] * 10, [3] * 10), max_rows=4, max_tokens=None)
+    assert [p.tolist() for p in parts] == [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]]
+
+
+def test_token_budget_groups_similar_lengths_and_respects_budget():
+    batch = _batch([2, 2, 2, 2, 2, 2], [10, 1, 10, 1, 1, 10])
+    parts = microbatch.plan(batch, max_rows=64, max_tokens=40)
+    prompt, resp = microbatch.row_lengths(batch)
+    covered = sorted(i for p in parts for i in p.tolist())
+    assert covered == list(range(6))
+    for p in parts:  # padded size of each micro-batch within the budget
+        assert len(p) * int(prompt[p].max() + resp[p].max()) <= 40
+    long_rows = {0, 2, 5}
+    assert any(set(p.tolist()) == long_rows for p in parts)  # the three long rows travel together
+
+
+def test_split_exactly_reaches_the_agreed_count():
+    p, r = [2] * 5, [3] * 5
+    groups = microbatch._split_exactly(p, r, 4, max_rows=64)
+    assert len(groups) == 4 and sum(len(g) for g in groups) == 5
+
+
+def test_trimmed_drops_shared_padding_and_keeps_logprobs():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=32,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    ).eval()
+    batch = _batch([2, 6, 3], [4, 2, 7])
+    sub = batch.select(torch.tensor([0, 2]))
+    small = microbatch.trimmed(sub)
+    assert small.prompt_width == 3 and small["responses"].shape[1] == 7
+    assert small["input_ids"].shape[1] == 10 < sub["input_ids"].shape[1]
+    with torch.no_grad():
+        full, _ = policy_forward(model, sub, temperature=1.0)
+        trim, _ = policy_forward(model, small, temperature=1.0)
+    mask = small["response_mask"].bool()
+    torch.testing.assert_close(trim[mask], full[:, :7][mask], rtol=1e-5, atol=1e-5)
