@@ -107,7 +107,9 @@ class RolloutConfig:
         1, ge=1, doc="generate in this many calls; stop requests are checked between"
     )
     tp: int = _spec(1, ge=1, doc="tensor-parallel size of the vLLM engine")
-    gpu_memory_utilization: float = _spec(0.5, gt=0.0, lt=1.0)
+    gpu_memory_utilization: float = _spec(
+        0.5, gt=0.0, lt=1.0, doc="vLLM: share of GPU memory for weights + KV cache"
+    )
     enforce_eager: bool = _spec(False, doc="vLLM: disable CUDA graphs")
     free_cache_engine: bool = _spec(True, doc="vLLM: sleep during training")
     kv_cache_memory_bytes: int | None = _spec(
@@ -128,37 +130,37 @@ class RolloutConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = _spec(1e-6, gt=0.0, lt=1.0)
-    weight_decay: float = _spec(0.0, ge=0.0)
-    betas: tuple[float, float] = _spec((0.9, 0.999))
+    lr: float = _spec(1e-6, gt=0.0, lt=1.0, doc="AdamW learning rate")
+    weight_decay: float = _spec(0.0, ge=0.0, doc="AdamW weight decay")
+    betas: tuple[float, float] = _spec((0.9, 0.999), doc="AdamW betas")
     warmup_steps: int = _spec(0, ge=0, doc="linear LR warmup, then constant")
-    grad_clip: float = _spec(1.0, gt=0.0)
+    grad_clip: float = _spec(1.0, gt=0.0, doc="max gradient norm")
 
 
 @dataclass
 class AlgoConfig:
     name: str = _spec("ppo", choices=("ppo", "grpo"), doc="ppo uses a critic + GAE")
-    gamma: float = _spec(1.0, ge=0.0, le=1.0)
-    lam: float = _spec(0.95, ge=0.0, le=1.0)
-    clip_ratio: float = _spec(0.2, gt=0.0, lt=1.0)
+    gamma: float = _spec(1.0, ge=0.0, le=1.0, doc="GAE discount")
+    lam: float = _spec(0.95, ge=0.0, le=1.0, doc="GAE lambda")
+    clip_ratio: float = _spec(0.2, gt=0.0, lt=1.0, doc="PPO ratio clip")
     value_clip: float | None = _spec(0.5, gt=0.0, doc="null disables value clipping")
     vf_coef: float = _spec(1.0, ge=0.0, doc="scales the critic loss")
     kl_coef: float = _spec(0.0, ge=0.0, doc="0 disables the reference model")
     kl_mode: str = _spec("reward", choices=("reward", "loss"), doc="where the KL enters")
     kl_estimator: str = _spec("k1", choices=("k1", "k2", "k3"))
-    entropy_coef: float = _spec(0.0, ge=0.0)
+    entropy_coef: float = _spec(0.0, ge=0.0, doc="entropy bonus")
     loss_agg: str = _spec("token-mean", choices=("token-mean", "seq-mean"))
     whiten_advantages: bool = _spec(True, doc="normalise GAE advantages per batch")
-    ppo_epochs: int = _spec(1, ge=1, le=100)
+    ppo_epochs: int = _spec(1, ge=1, le=100, doc="passes over each step's samples")
     mini_batch_size: int = _spec(8, ge=1, doc="prompts per optimizer step (global)")
 
 
 @dataclass
 class TrainerConfig:
-    total_steps: int = _spec(50, ge=1)
+    total_steps: int = _spec(50, ge=1, doc="training steps")
     batch_size: int = _spec(32, ge=1, doc="prompts per step, all ranks together")
     nprocs: int = _spec(1, ge=1, le=64, doc="local ranks for `hpc-ppo run`")
-    seed: int = _spec(0, ge=0)
+    seed: int = _spec(0, ge=0, doc="seeds data order, model init and sampling")
     device: str = _spec("auto", choices=("auto", "cpu", "cuda"))
     output_dir: str = _spec("runs", doc="run folders are created under it")
     run_name: str | None = _spec(None, doc="default: <config stem>-<timestamp>")
@@ -171,13 +173,15 @@ class TrainerConfig:
     )
     save_every: int = _spec(0, ge=0, doc="checkpoint every N steps (0: only at the end / on stop)")
     keep_checkpoints: int = _spec(2, ge=2, doc="complete checkpoints kept")
-    threads_per_rank: int | None = _spec(None, ge=1, doc="torch CPU threads per rank")
+    threads_per_rank: int | None = _spec(
+        None, ge=1, doc="torch CPU threads per rank (default: cores / ranks)"
+    )
 
 
 @dataclass
 class TrackingConfig:
     uri: str | None = _spec(None, doc="MLflow tracking URI (default: sqlite in the run dir)")
-    experiment: str = _spec("hpc-ppo")
+    experiment: str = _spec("hpc-ppo", doc="MLflow experiment name")
 
 
 @dataclass
@@ -188,14 +192,14 @@ class SlurmConfig:
     gpus_per_node: int = _spec(0, ge=0, doc="GPUs per node; 0 for a CPU job")
     tasks_per_node: int | None = _spec(None, ge=1, doc="default: gpus_per_node (1 for CPU jobs)")
     gpu_binding: str = _spec("node", choices=("node", "task"), doc="task: --gpus-per-task=1")
-    cpus_per_task: int = _spec(1, ge=1)
+    cpus_per_task: int = _spec(1, ge=1, doc="CPU cores per task")
     mem: str | None = _spec(None, doc="per node, e.g. 200G; null: cluster default")
     time: str = _spec("01:00:00", doc="wall-time limit, [D-]HH:MM:SS or minutes")
-    partition: str | None = _spec(None)
-    account: str | None = _spec(None)
-    qos: str | None = _spec(None)
-    constraint: str | None = _spec(None)
-    exclusive: bool = _spec(False)
+    partition: str | None = _spec(None, doc="null: the cluster default")
+    account: str | None = _spec(None, doc="--account")
+    qos: str | None = _spec(None, doc="--qos")
+    constraint: str | None = _spec(None, doc="--constraint, e.g. h100")
+    exclusive: bool = _spec(False, doc="--exclusive nodes")
     job_name: str | None = _spec(None, doc="default: the run name")
     signal_lead_s: int = _spec(180, ge=30, doc="USR2 this many seconds before the time limit")
     requeue: bool = _spec(True, doc="requeue on preemption / time limit")
@@ -610,3 +614,17 @@ def reference(obj: Any = None, prefix: str = "") -> list[tuple[str, str, str]]:
         )
         rows.append((f"{prefix}{f.name}", shown.strip().removesuffix("...").strip(), doc))
     return rows
+
+
+def reference_markdown() -> str:
+    """The README's configuration table (tests keep the README equal to it).
+
+    python -m hpc_ppo.config     # print it
+    """
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{key}` | `{default}` | {doc} |" for key, default, doc in reference()]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(reference_markdown())
