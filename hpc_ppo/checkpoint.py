@@ -87,38 +87,91 @@ def resolve_step(run_dir: Path, step: int | None) -> Path:
     return checkpoint_root(run_dir) / f"step_{step}"
 
 
+@dataclass
+class PendingSave:
+    """An async save whose shards are still being written by DCP's background thread."""
+
+    future: Any
+    tmp: Path
+    state: dict[str, Any]
+    keep: int
+    run_dir: Path
+
+
 def save(
     run_dir: Path, step: int, parts: list[Checkpointable], trainer_state: dict[str, Any], keep: int
 ) -> float:
     """Collective save of everything needed to continue at `step`; returns seconds taken."""
     start = time.perf_counter()
-    rank = dist.get_rank()
+    tmp, state = _begin(run_dir, step, parts, trainer_state)
+    dcp.save(_app_state(parts), checkpoint_id=str(tmp))
+    _commit(PendingSave(None, tmp, state, keep, run_dir))
+    return time.perf_counter() - start
+
+
+def save_async(
+    run_dir: Path,
+    step: int,
+    parts: list[Checkpointable],
+    trainer_state: dict[str, Any],
+    keep: int,
+    group: dist.ProcessGroup,
+) -> tuple[float, PendingSave]:
+    """Stage the state in CPU memory and write it in a background thread; returns the seconds
+    training was blocked. `group` is a gloo group used by nothing else, so the writer's
+    collectives never interleave with training's. Call `finish` before the next save."""
+    start = time.perf_counter()
+    tmp, state = _begin(run_dir, step, parts, trainer_state)
+    future = dcp.async_save(_app_state(parts), checkpoint_id=str(tmp), process_group=group)
+    return time.perf_counter() - start, PendingSave(future, tmp, state, keep, run_dir)
+
+
+def finish(pending: PendingSave) -> float:
+    """Wait for an async save's shards, then commit it (collective); returns seconds waited."""
+    start = time.perf_counter()
+    result = pending.future.result()
+    if hasattr(result, "result"):  # some torch versions wrap the future once more
+        result.result()
+    _commit(pending)
+    return time.perf_counter() - start
+
+
+def _begin(
+    run_dir: Path, step: int, parts: list[Checkpointable], trainer_state: dict[str, Any]
+) -> tuple[Path, dict[str, Any]]:
+    """Make step_N.tmp (empty), write this rank's RNG, and capture the small rank-0 state now,
+    while it still describes `step` (an async save finishes later)."""
     final = checkpoint_root(run_dir) / f"step_{step}"
     tmp = final.with_name(final.name + ".tmp")
-    if rank == 0:
+    if dist.get_rank() == 0:
         if tmp.exists():  # left by a save that was killed
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     dist.barrier()
-    dcp.save(_app_state(parts), checkpoint_id=str(tmp))
-    torch.save(_rng_state(), tmp / f"rng_rank{rank}.pt")
+    torch.save(_rng_state(), tmp / f"rng_rank{dist.get_rank()}.pt")
+    state = {
+        **trainer_state,
+        "step": step,
+        "world_size": dist.get_world_size(),
+        "schedulers": {p.name: p.scheduler.state_dict() for p in parts},
+    }
+    return tmp, state
+
+
+def _commit(pending: PendingSave) -> None:
+    """Every rank's shards are on disk: marker, rename, prune (rank 0), between barriers."""
     dist.barrier()
-    if rank == 0:
-        state = {
-            **trainer_state,
-            "step": step,
-            "world_size": dist.get_world_size(),
-            "schedulers": {p.name: p.scheduler.state_dict() for p in parts},
-        }
-        _write_synced(tmp / "trainer.json", json.dumps(state, indent=1))
+    if dist.get_rank() == 0:
+        tmp = pending.tmp
+        final = tmp.with_name(tmp.name.removesuffix(".tmp"))
+        _write_synced(tmp / "trainer.json", json.dumps(pending.state, indent=1))
         _write_synced(tmp / COMPLETE, f"{time.time()}\n")
         if final.exists():  # a re-run of the same step after a resume: replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
-        _prune(run_dir, keep)
+        _prune(pending.run_dir, pending.keep)
     dist.barrier()
-    return time.perf_counter() - start
 
 
 def load(path: Path, parts: list[Checkpointable]) -> dict[str, Any]:

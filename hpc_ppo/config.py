@@ -173,6 +173,7 @@ class TrainerConfig:
     )
     save_every: int = _spec(0, ge=0, doc="checkpoint every N steps (0: only at the end / on stop)")
     keep_checkpoints: int = _spec(2, ge=2, doc="complete checkpoints kept")
+    async_save: bool = _spec(False, doc="write periodic checkpoints in a background thread")
     threads_per_rank: int | None = _spec(
         None, ge=1, doc="torch CPU threads per rank (default: cores / ranks)"
     )

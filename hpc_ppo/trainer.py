@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from hpc_ppo import checkpoint as ckpt
@@ -108,6 +109,9 @@ class Trainer:
             )
         self.stop = stop or StopFlag()
         self._relog: tuple[int, dict[str, float]] | None = None
+        self._pending: ckpt.PendingSave | None = None
+        # Async saves run their collectives on a group of their own (never interleaved).
+        self._save_group = dist.new_group(backend="gloo") if t.async_save else None
         self.start_step = self._resume()
         self.tracker: MetricsSink = NullTracker()
         if rank == 0:
@@ -143,8 +147,11 @@ class Trainer:
         )
         return int(state["step"])
 
-    def save(self, done: int, metrics: dict[str, float] | None) -> float:
+    def save(self, done: int, metrics: dict[str, float] | None, final: bool = True) -> float:
         """Checkpoint after `done` completed steps; returns the seconds it blocked training.
+
+        With `trainer.async_save`, a non-final save returns once the state is copied to CPU
+        memory; its commit happens before the next save or at the end.
 
         The last step's metrics ride along, so a kill between the commit and the MLflow
         write cannot lose them: the resumed job logs them again (the tracker skips repeats).
@@ -155,7 +162,19 @@ class Trainer:
             "mlflow_run_id": read_run_id(self.run_dir),
             "config": to_dict(self.cfg),
         }
-        return ckpt.save(self.run_dir, done, self.parts, state, self.cfg.trainer.keep_checkpoints)
+        keep = self.cfg.trainer.keep_checkpoints
+        self.finish_pending_save()
+        if self.cfg.trainer.async_save and not final:
+            blocked, self._pending = ckpt.save_async(
+                self.run_dir, done, self.parts, state, keep, self._save_group
+            )
+            return blocked
+        return ckpt.save(self.run_dir, done, self.parts, state, keep)
+
+    def finish_pending_save(self) -> None:
+        if self._pending is not None:
+            ckpt.finish(self._pending)
+            self._pending = None
 
     def _make_engine(self) -> RolloutEngine:
         if self.cfg.rollout.engine == "vllm":
@@ -183,7 +202,7 @@ class Trainer:
                     break
                 done += 1
                 if done == t.total_steps or (t.save_every and done % t.save_every == 0):
-                    metrics["time/save"] = self.save(done, metrics)
+                    metrics["time/save"] = self.save(done, metrics, final=done == t.total_steps)
                     saved = done
                 self.tracker.log_metrics(done - 1, metrics)
                 if bar is not None:
@@ -194,6 +213,7 @@ class Trainer:
                         s=f"{metrics['time/step']:.2f}",
                     )
             finished = done >= t.total_steps
+            self.finish_pending_save()
             if not finished:
                 seconds = self.save(done, None) if saved != done else 0.0
                 log.warning(
