@@ -323,6 +323,7 @@ class Trainer:
         metrics.update({f"time/{k}": v for k, v in slowest.items()})
         metrics["perf/gen_tokens_per_s"] = tokens[0] / max(slowest["generate"], 1e-9)
         metrics["perf/tokens_per_s"] = tokens[1] / max(slowest["step"], 1e-9)
+        metrics["perf/tokens"] = tokens[1]
         metrics["actor/lr"] = self.actor_sched.get_last_lr()[0]
         return metrics
 

@@ -9,6 +9,7 @@ loss over the whole mini-batch (token share for token-mean, row share for seq-me
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from torch import nn
@@ -63,12 +64,19 @@ class PPOUpdate:
             for i in range(num_mini):
                 mini = batch.select(order[edges[i] : edges[i + 1]].to(batch["input_ids"].device))
                 parts = microbatch.plan(mini, t.micro_batch_size, t.max_tokens_per_micro_batch)
-                stats = self._actor_step(mini, parts)
+                start = time.perf_counter()
+                stats = self._actor_step(mini, parts)  # ends in a host sync (grad norm)
+                stats["time/update_actor"] = (time.perf_counter() - start) * num_mini * a.ppo_epochs
                 if self.critic is not None:
+                    start = time.perf_counter()
                     stats.update(self._critic_step(mini, parts))
+                    stats["time/update_critic"] = (
+                        (time.perf_counter() - start) * num_mini * a.ppo_epochs
+                    )
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
+        # Means over mini-batches; the time/ entries were scaled so their mean is the total.
         return {k: v / count for k, v in sums.items()}
 
     def _weights(self, mini: RolloutBatch, parts: list[torch.Tensor]) -> list[float]:
