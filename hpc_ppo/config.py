@@ -68,7 +68,11 @@ class ModelConfig:
     critic_path: str | None = _spec(None, doc="critic init directory (default: model.path)")
     tiny: TinyModelConfig = _spec(factory=TinyModelConfig, doc="shape of builtin:tiny-qwen2")
     dtype: str = _spec("float32", choices=("float32", "bfloat16"), doc="parameter dtype")
-    attn_implementation: str = _spec("sdpa", choices=("sdpa", "eager", "flash_attention_2"))
+    attn_implementation: str = _spec(
+        "auto",
+        choices=("auto", "sdpa", "eager", "flash_attention_2"),
+        doc="auto: flash_attention_2 if flash-attn is installed (GPU), else sdpa",
+    )
     gradient_checkpointing: bool = _spec(False, doc="recompute activations in backward")
 
 

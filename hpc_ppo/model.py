@@ -8,6 +8,7 @@ runs the same sharded code as the GPU path.
 
 from __future__ import annotations
 
+import importlib.util
 import string
 from collections.abc import Iterator
 
@@ -25,6 +26,7 @@ from transformers import (
 )
 
 from hpc_ppo.config import BUILTIN_TINY_MODEL, Config
+from hpc_ppo.errors import ConfigError
 
 TINY_SPECIALS = ["<pad>", "<eos>", "<unk>"]
 TINY_CHARS = string.ascii_lowercase + string.digits + " :=#.,+-*/?!"
@@ -89,17 +91,33 @@ def _dtype(cfg: Config) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
 
 
+def attn_implementation(cfg: Config) -> str:
+    """`auto`: flash_attention_2 when flash-attn is installed and a GPU is present, else sdpa."""
+    choice = cfg.model.attn_implementation
+    have_flash = importlib.util.find_spec("flash_attn") is not None
+    if choice == "auto":
+        return "flash_attention_2" if have_flash and torch.cuda.is_available() else "sdpa"
+    if choice == "flash_attention_2" and not have_flash:
+        raise ConfigError(
+            "model.attn_implementation=flash_attention_2 but flash-attn is not installed: "
+            "pip install -e '.[flash]', or use model.attn_implementation=auto"
+        )
+    return choice
+
+
 def load_policy(cfg: Config, tokenizer: PreTrainedTokenizerBase, seed: int) -> nn.Module:
     """The policy (or reference) as a causal LM; the tiny one is seeded so every rank agrees."""
     if cfg.model.path == BUILTIN_TINY_MODEL:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = AutoModelForCausalLM.from_config(
-                _tiny_config(cfg, tokenizer), dtype=_dtype(cfg)
+                _tiny_config(cfg, tokenizer),
+                dtype=_dtype(cfg),
+                attn_implementation=attn_implementation(cfg),
             )
     else:
         model = AutoModelForCausalLM.from_pretrained(
-            cfg.model.path, dtype=_dtype(cfg), attn_implementation=cfg.model.attn_implementation
+            cfg.model.path, dtype=_dtype(cfg), attn_implementation=attn_implementation(cfg)
         )
     return model
 
@@ -112,10 +130,12 @@ def load_critic(cfg: Config, tokenizer: PreTrainedTokenizerBase, seed: int) -> n
         conf.num_labels, conf.classifier_dropout = 1, 0.0
         with torch.random.fork_rng():
             torch.manual_seed(seed + 1)
-            return AutoModelForTokenClassification.from_config(conf, dtype=_dtype(cfg))
+            return AutoModelForTokenClassification.from_config(
+                conf, dtype=_dtype(cfg), attn_implementation=attn_implementation(cfg)
+            )
     conf = AutoConfig.from_pretrained(path, num_labels=1, classifier_dropout=0.0)
     return AutoModelForTokenClassification.from_pretrained(
-        path, config=conf, dtype=_dtype(cfg), attn_implementation=cfg.model.attn_implementation
+        path, config=conf, dtype=_dtype(cfg), attn_implementation=attn_implementation(cfg)
     )
 
 
