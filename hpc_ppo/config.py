@@ -153,6 +153,9 @@ class AlgoConfig:
     kl_mode: str = _spec("reward", choices=("reward", "loss"), doc="where the KL enters")
     kl_estimator: str = _spec("k1", choices=("k1", "k2", "k3"))
     entropy_coef: float = _spec(0.0, ge=0.0, doc="entropy bonus")
+    tis_cap: float | None = _spec(
+        None, gt=0.0, doc="truncated importance weights min(pi_fsdp / pi_engine, cap); null: off"
+    )
     loss_agg: str = _spec("token-mean", choices=("token-mean", "seq-mean"))
     whiten_advantages: bool = _spec(True, doc="normalise GAE advantages per batch")
     ppo_epochs: int = _spec(1, ge=1, le=100, doc="passes over each step's samples")

@@ -17,7 +17,13 @@ from torch import nn
 from hpc_ppo import dist as hdist
 from hpc_ppo import microbatch
 from hpc_ppo.algo.advantages import gae, grpo_advantages, masked_mean, token_level_rewards
-from hpc_ppo.algo.losses import aggregate, kl_penalty, policy_loss, value_loss
+from hpc_ppo.algo.losses import (
+    aggregate,
+    kl_penalty,
+    policy_loss,
+    truncated_is_weights,
+    value_loss,
+)
 from hpc_ppo.batch import RolloutBatch, critic_forward, policy_forward
 from hpc_ppo.config import Config
 
@@ -98,6 +104,11 @@ class PPOUpdate:
             logprobs, entropy = policy_forward(
                 self.policy, micro, self.cfg.rollout.temperature, with_entropy=True
             )
+            weights = None
+            if a.tis_cap is not None:  # the engine sampled; FSDP's old log-probs are the target
+                weights = truncated_is_weights(
+                    micro["old_logprobs"], micro["engine_logprobs"], a.tis_cap
+                )
             pg, st = policy_loss(
                 logprobs,
                 micro["old_logprobs"],
@@ -105,6 +116,7 @@ class PPOUpdate:
                 mask,
                 a.clip_ratio,
                 agg=a.loss_agg,
+                token_weights=weights,
             )
             ent = aggregate(entropy, mask, a.loss_agg)
             loss = pg - a.entropy_coef * ent

@@ -63,8 +63,12 @@ def policy_loss(
     clip_ratio: float,
     clip_ratio_high: float | None = None,
     agg: str = "token-mean",
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate: max(-A * ratio, -A * clip(ratio, 1 - eps_low, 1 + eps_high)).
+
+    `token_weights` (detached) scale each token's term before aggregation, e.g. the truncated
+    importance weights of `truncated_is_weights`.
 
     `clip_ratio_high` (DAPO's clip-higher) defaults to `clip_ratio`. The log-ratio is clamped to
     [-20, 20] before exp() for stability. Stats: "clipfrac" (share of real tokens where the
@@ -76,7 +80,10 @@ def policy_loss(
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_ratio, 1.0 + high)
-    loss = aggregate(torch.maximum(unclipped, clipped), mask, agg)
+    per_token = torch.maximum(unclipped, clipped)
+    if token_weights is not None:
+        per_token = per_token * token_weights.detach()
+    loss = aggregate(per_token, mask, agg)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((clipped > unclipped).to(ratio.dtype), mask),
@@ -85,6 +92,14 @@ def policy_loss(
             "ratio_mean": masked_mean(ratio, mask),
         }
     return loss, {k: v.detach() for k, v in stats.items()}
+
+
+def truncated_is_weights(old_logprobs: Tensor, behaviour_logprobs: Tensor, cap: float) -> Tensor:
+    """min(pi_old / pi_behaviour, cap) per token: corrects for the rollout engine sampling from a
+    slightly different distribution than the trainer's policy (bf16 kernels, another
+    implementation), truncated so rare large ratios cannot dominate (Yao et al., 2025, TIS)."""
+    log_ratio = torch.clamp(old_logprobs - behaviour_logprobs, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    return torch.exp(log_ratio).clamp(max=cap).detach()
 
 
 def value_loss(

@@ -199,3 +199,19 @@ def test_entropy_from_logits_is_stable_for_huge_logits() -> None:
     # Same distribution as logits (0, 1): p = (1, e) / (1 + e) -> H = log(1 + e) - e / (1 + e)
     e = math.e
     close(entropy_from_logits(t([[1e4, 1e4 + 1.0]])), [math.log(1 + e) - e / (1 + e)])
+
+
+def test_truncated_is_weights_golden_and_policy_loss_scaling():
+    from hpc_ppo.algo.losses import truncated_is_weights
+
+    old = torch.tensor([[0.0, -1.0, -2.0]])
+    engine = torch.tensor([[0.0, -2.0, -1.0]])
+    # ratios exp(0)=1, exp(1)=2.718 -> capped at 2, exp(-1)=0.3679
+    w = truncated_is_weights(old, engine, cap=2.0)
+    torch.testing.assert_close(w, torch.tensor([[1.0, 2.0, 0.36787944]]))
+    logp = old.clone()
+    adv = torch.tensor([[1.0, 1.0, 1.0]])
+    mask = torch.ones(1, 3)
+    # at ratio 1 each token's term is -A = -1; weighted token-mean = -(1 + 2 + 0.3679) / 3
+    loss, _ = policy_loss(logp, old, adv, mask, 0.2, token_weights=w)
+    torch.testing.assert_close(loss, torch.tensor(-(1 + 2 + 0.36787944) / 3))
