@@ -84,6 +84,37 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _create_sqlite_store(path: Path) -> None:
+    """Build MLflow's sqlite schema under a temporary name, then rename it into place.
+
+    MLflow creates the schema through many separately committed migrations; a kill half-way
+    left a store every later job failed on ("out-of-date database schema"). Now the store is
+    either absent (and rebuilt) or complete.
+    """
+    if path.exists():
+        return
+    from mlflow import MlflowClient
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.init")
+    tmp.unlink(missing_ok=True)
+    uri = f"sqlite:///{tmp}"
+    MlflowClient(tracking_uri=uri).search_experiments()  # runs every migration
+    _dispose_sqlite_engines(uri)
+    os.replace(tmp, path)
+
+
+def _dispose_sqlite_engines(uri: str) -> None:
+    """Close and forget MLflow's cached SQLAlchemy engine for `uri` (the temporary file)."""
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        engine = SqlAlchemyStore._engine_map.pop(uri, None)
+        if engine is not None:
+            engine.dispose()
+    except Exception:  # an internal detail of MLflow: closing is a courtesy, not a need
+        pass
+
+
 def read_run_id(run_dir: str | Path) -> str | None:
     """The MLflow run id a previous job of this run folder created, if any."""
     path = Path(run_dir) / "mlflow_run_id"
@@ -133,7 +164,8 @@ class Tracker:
     ) -> None:
         self.run_dir = Path(run_dir).absolute()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.uri = uri or f"sqlite:///{self.run_dir / 'mlflow.db'}"
+        self._default_uri = f"sqlite:///{self.run_dir / 'mlflow.db'}"
+        self.uri = uri or self._default_uri
         self._artifacts = None if uri else (self.run_dir / "mlartifacts").as_uri()
         self.experiment, self.run_name = experiment, run_name
         # Reattach to the folder's own run even if the caller forgot to pass it.
@@ -275,6 +307,8 @@ class Tracker:
     def _connect(self) -> None:
         from mlflow import MlflowClient
 
+        if self.uri == self._default_uri:
+            _create_sqlite_store(self.run_dir / "mlflow.db")
         client = MlflowClient(tracking_uri=self.uri)
         if self._run_id is None:
             exp = client.get_experiment_by_name(self.experiment)

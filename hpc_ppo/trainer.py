@@ -215,14 +215,21 @@ class Trainer:
             finished = done >= t.total_steps
             self.finish_pending_save()
             if not finished:
-                seconds = self.save(done, None) if saved != done else 0.0
-                log.warning(
-                    "stop requested by %s: checkpoint step_%d saved in %.2f s; exiting %.2f s after the signal",
-                    self.stop.signal_name,
-                    done,
-                    seconds,
-                    self.stop.seconds_since_signal() or 0.0,
-                )
+                if saved != done:
+                    what = f"checkpoint step_{done} saved in {self.save(done, None):.2f} s"
+                else:
+                    what = (
+                        f"checkpoint step_{done} already saved"
+                        if done
+                        else "no step done, nothing saved"
+                    )
+                if self.rank == 0:  # the signal time is rank 0's; every rank agreed to stop
+                    log.warning(
+                        "stop requested by %s: %s; exiting %.2f s after the signal",
+                        self.stop.signal_name or "another rank's signal",
+                        what,
+                        self.stop.seconds_since_signal() or 0.0,
+                    )
             self.tracker.close("FINISHED" if finished else "KILLED")
             return finished
         except BaseException:
