@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import time
@@ -65,15 +66,42 @@ def requeue_slurm_job() -> bool:
     """Ask Slurm to requeue this job (rank 0 only, after the checkpoint is committed)."""
     job = os.environ.get("SLURM_ARRAY_JOB_ID")
     job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ["SLURM_JOB_ID"]
+    state, reason = _job_state(job)
+    if state not in (None, "RUNNING") and reason != "TimeLimit":
+        # Slurm is already ending this run (SIGTERM, then SIGKILL after KillWait): `scancel`
+        # must not be undone by a requeue (Slurm requeues even a cancelled job), and
+        # `scontrol requeue` has already queued the next run. Preemption's TERM comes while
+        # the job is still RUNNING (GraceTime), the time limit's with Reason=TimeLimit: both
+        # are requeued below.
+        log.warning("Slurm job %s is %s: ended by Slurm, not requeued by hpc-ppo", job, state)
+        return False
     try:
         subprocess.run(
             ["scontrol", "requeue", job], check=True, capture_output=True, text=True, timeout=60
         )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, FileNotFoundError) as e:
         detail = getattr(e, "stderr", "") or str(e)
+        # The stop came from a requeue (`scontrol requeue`, preemption's kill round): Slurm
+        # already holds the job pending for its next run. Not "is no longer pending execution".
+        if "Job is pending execution" in detail:
+            log.info("Slurm job %s is already requeued", job)
+            return True
         log.error(
             "scontrol requeue %s failed: %s; resubmit the job to continue", job, detail.strip()
         )
         return False
     log.info("requeued Slurm job %s", job)
     return True
+
+
+def _job_state(job: str) -> tuple[str | None, str | None]:
+    """(JobState, Reason) as `scontrol show job` prints them (a cancelled job shows
+    COMPLETING, Reason=None until its tasks are gone); None where unknown."""
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None, None
+    fields = dict(re.findall(r"(?:^|\s)(JobState|Reason)=(\S+)", out))
+    return fields.get("JobState"), fields.get("Reason")

@@ -21,9 +21,9 @@ import socket
 from collections.abc import Mapping, MutableMapping
 from dataclasses import asdict, dataclass
 
-# Rendezvous ports, as submitit. Overlaps Linux's ephemeral range (32768-60999): a clash with an
-# outgoing connection is unlikely, not impossible.
-PORT_LO, PORT_HI = 20000, 60000
+# Rendezvous ports: below Linux's default ephemeral range (32768-60999), so no outgoing
+# connection of the node can hold the port (seen: EADDRINUSE on a requeue with 20000-60000).
+PORT_LO, PORT_HI = 20000, 32768
 
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 

@@ -287,12 +287,12 @@ def test_restart_changes_port() -> None:
 def test_master_port_range_spread_and_stable() -> None:
     ports = {master_port(job, 0) for job in range(1000, 3000)}
     assert all(PORT_LO <= p < PORT_HI for p in ports)
-    assert len(ports) > 1900  # consecutive job ids spread over the range
+    assert len(ports) > 1800  # consecutive job ids spread over the range (~1850 expected)
     for job in (1, 77, 123456):  # consecutive restarts never share a port, even at the wrap
         runs = [master_port(job, r) for r in range(PORT_HI - PORT_LO)]
         assert len(set(runs)) == len(runs)
     # golden: every rank (and every Python process, whatever PYTHONHASHSEED) must agree
-    assert master_port(1234, 0) == 27955
+    assert master_port(1234, 0) == 26323
 
 
 def test_export_torch_env_round_trips_and_keeps_cuda_visible_devices() -> None:
