@@ -2,6 +2,8 @@
 
     python bench/rollout.py                       # 0.5B shape, 256 prompts x 64 in, 512 out
     python bench/rollout.py --modes inrank standalone standalone-inproc --deadline-s 560
+    python bench/rollout.py --shape 7b --dtype bfloat16 --modes inrank --cycles 3 \
+        --prompts 32 --max-new 64          # Qwen2.5-7B shape: push / sleep / wake times
 
 Prints one JSON object. Each mode runs in a fresh process, one after the other, on the same
 GPU, model directory (a Qwen2.5-0.5B-shaped model with random weights, written once), prompts
@@ -19,7 +21,11 @@ and per-request sampling seeds:
 
 Compare second full-size runs: the first one in a process with a cold cache folder paid for
 kernel JIT (measured: 23.1k vs 32.8k tok/s, docs/PERFORMANCE.md "GPU (H100)").
-Simplification: one rank (tp=1); tok/s counts generated tokens only.
+Simplification: one rank (tp=1); tok/s counts generated tokens only. `--shape 7b` is
+Qwen2.5-7B's shape (28 layers, 3584 wide, untied 152,064-token embeddings); `--dtype bfloat16`
+keeps the resident FSDP copy in bf16 (fp32 would hold 30 GiB), which leaves the push without
+its fp32 -> bf16 cast. `--cycles K` repeats the sleep/wake/push cycle K times (first cycle's
+figures as before, medians in cycle_medians).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import argparse
 import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -49,10 +56,21 @@ QWEN05B = dict(
     rms_norm_eps=1e-6,
     tie_word_embeddings=True,
 )
+QWEN7B = dict(
+    QWEN05B,
+    vocab_size=152064,
+    hidden_size=3584,
+    intermediate_size=18944,
+    num_hidden_layers=28,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+    tie_word_embeddings=False,
+)
+SHAPES = {"0.5b": QWEN05B, "7b": QWEN7B}
 
 
-def write_model_dir(out: Path, seed: int = 0) -> Path:
-    """A Qwen2.5-0.5B-shaped HF directory: random bf16 weights and the tiny char tokenizer.
+def write_model_dir(out: Path, seed: int = 0, shape: str = "0.5b") -> Path:
+    """A Qwen2.5-0.5B-shaped (or `shape`) HF directory: random bf16 weights, tiny tokenizer.
 
     The tokenizer's ids (< 64) are valid ids of the 151,936-token vocabulary, which is all
     the tests and the bench need from it. Written once; an existing complete one is reused.
@@ -66,7 +84,7 @@ def write_model_dir(out: Path, seed: int = 0) -> Path:
         return out
     tok = tiny_tokenizer()
     conf = Qwen2Config(
-        **QWEN05B,
+        **SHAPES[shape],
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         bos_token_id=None,
@@ -78,6 +96,9 @@ def write_model_dir(out: Path, seed: int = 0) -> Path:
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     tmp.rename(out)  # complete or absent, never half-written
     return out
 
@@ -102,6 +123,7 @@ def _overrides(a: argparse.Namespace) -> list[str]:
         f"data.max_prompt_tokens={a.prompt_len}",
         f"rollout.gpu_memory_utilization={a.util}",
         f"rollout.enforce_eager={str(a.eager).lower()}",
+        f"model.dtype={a.dtype}",
     ]  # sampling comes from the bench's own SamplingSpec, not from the config
 
 
@@ -137,16 +159,22 @@ def run_inrank(a: argparse.Namespace) -> dict:
     bf16 = torch.bfloat16
     engine.push_weights(full_state_iter(policy, bf16))
     engine.wake_cache()
-    prompts = make_prompts(a.prompts, a.prompt_len, QWEN05B["vocab_size"], a.seed)
+    prompts = make_prompts(a.prompts, a.prompt_len, SHAPES[a.shape]["vocab_size"], a.seed)
     spec = SamplingSpec(1, 1.0, 1.0, a.max_new, seed=a.seed)
     engine.generate(prompts[:16], SamplingSpec(1, 1.0, 1.0, 16, seed=a.seed + 1))  # warm-up
     before = _timed(lambda: engine.generate(prompts, spec))  # no sleep/wake cycle yet
-    cycle = {
-        "sleep_s": _timed(engine.sleep),
-        "wake_weights_s": _timed(engine.wake_weights),
-        "push_s": _timed(lambda: engine.push_weights(full_state_iter(policy, bf16))),
-        "wake_cache_s": _timed(engine.wake_cache),
-    }
+
+    def one_cycle() -> dict:
+        return {
+            "sleep_s": _timed(engine.sleep),
+            "wake_weights_s": _timed(engine.wake_weights),
+            "push_s": _timed(lambda: engine.push_weights(full_state_iter(policy, bf16))),
+            "wake_cache_s": _timed(engine.wake_cache),
+        }
+
+    cycles = [one_cycle() for _ in range(max(1, a.cycles))]
+    cycle = cycles[0]
+    medians = {k: round(statistics.median(c[k] for c in cycles), 4) for k in cycle}
     samples = []
     if a.mode == "inrank-nogc":  # is it Python's GC walking the trainer's large heap?
         gc.collect()
@@ -161,6 +189,7 @@ def run_inrank(a: argparse.Namespace) -> dict:
         "init_s": round(init_s, 1),
         **{k: round(v, 4) for k, v in cycle.items()},
         "slept_gib": round(engine.slept_bytes / 1024**3, 2),
+        **({"cycle_medians": medians, "cycles": len(cycles)} if len(cycles) > 1 else {}),
         "generate_s": round(gen_s, 3),
         "tokens": tokens,
         "tok_per_s": round(tokens / gen_s, 1),
@@ -194,7 +223,7 @@ def run_standalone(a: argparse.Namespace) -> dict:
     )
     init_s = time.perf_counter() - t0
     eos = build_tokenizer(cfg).eos_token_id
-    prompts = make_prompts(a.prompts, a.prompt_len, QWEN05B["vocab_size"], a.seed)
+    prompts = make_prompts(a.prompts, a.prompt_len, SHAPES[a.shape]["vocab_size"], a.seed)
 
     def gen(batch: list[list[int]], spec: SamplingSpec) -> list:
         requests = [{"prompt_token_ids": p} for p in batch]
@@ -234,7 +263,10 @@ def main() -> None:
         choices=["driver", "inrank", "inrank-nogc", "standalone", "standalone-inproc"],
     )
     p.add_argument("--modes", nargs="+", default=["inrank", "standalone"])
-    p.add_argument("--model-dir", default=None, help="default: <work-dir>/qwen2.5-0.5b-shape")
+    p.add_argument("--model-dir", default=None, help="default: <work-dir>/qwen2.5-<shape>-shape")
+    p.add_argument("--shape", choices=sorted(SHAPES), default="0.5b")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--cycles", type=int, default=1, help="sleep/wake/push cycles to time")
     p.add_argument("--work-dir", default="runs/bench")
     p.add_argument("--prompts", type=int, default=256)
     p.add_argument("--prompt-len", type=int, default=64)
@@ -251,7 +283,8 @@ def main() -> None:
     p.add_argument("--mode-timeout-s", type=float, default=420)
     a = p.parse_args()
     a.work_dir = str(Path(a.work_dir).resolve())
-    a.model_dir = str(Path(a.model_dir or Path(a.work_dir) / "qwen2.5-0.5b-shape").resolve())
+    default_dir = Path(a.work_dir) / f"qwen2.5-{a.shape}-shape"
+    a.model_dir = str(Path(a.model_dir or default_dir).resolve())
     if a.mode.startswith("inrank"):
         print("RESULT " + json.dumps(run_inrank(a)), flush=True)
         return
@@ -261,9 +294,10 @@ def main() -> None:
 
     start = time.perf_counter()
     Path(a.work_dir).mkdir(parents=True, exist_ok=True)
-    write_model_dir(Path(a.model_dir))
+    write_model_dir(Path(a.model_dir), shape=a.shape)
     results: dict = {
-        "shape": "Qwen2.5-0.5B (random weights)",
+        "shape": f"Qwen2.5-{a.shape.upper()} (random weights)",
+        "dtype": a.dtype,
         "prompts": a.prompts,
         "prompt_len": a.prompt_len,
         "max_new": a.max_new,

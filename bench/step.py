@@ -1,30 +1,47 @@
 """One PPO/GRPO step's breakdown and the actor update's MFU, through `hpc-ppo run`.
 
     python bench/step.py --shape 0.5b                 # GPU: in-rank vLLM, 32 prompts x 8 x 512
-    python bench/step.py --shape 7b --layers 8        # 7B layer shape, fewer layers (memory)
+    python bench/step.py --shape 7b --layers 16 model.dtype=bfloat16 ...  # 7B layer shape
+                                                      # (configs/gpu-step.yaml has the rest)
     python bench/step.py --shape tiny --device cpu    # the CPU default, to try the script
+    python bench/step.py --resume RUN_DIR --steps 2   # the requeue path: continue a run's
+                                                      # checkpoint for 2 more steps (warm start)
 
 Prints one JSON object: medians over the steps after the first (which pays for JIT and
 compile) of every `time/*` phase (push, generate, sleep, old_logprob, ref, values, update,
 update_actor, update_critic, save), the final checkpoint's save seconds, tokens per step and
-the actor update's model FLOPs utilisation:
+the actor update's model FLOPs utilisation, and start-up figures:
+
+- launch_to_first_step_s: from starting `hpc-ppo run` to the first step's metrics line (its
+  `time`; a save at that step is included, see first_step_save_s), i.e. what a requeued job
+  pays before training again;
+- engine_start_s: from vLLM's first log line ("Initializing a V1 LLM engine") to its "init
+  engine ... took" line (both timestamped as they arrive), plus vLLM's own figure;
+- between_steps_s: per step after the first, the wall time between two metrics lines minus
+  that step's `time/step`: what saving (sync, or an async save's staging plus any wait for
+  the previous one) and logging cost training;
+- save_s_by_step: `time/save` by metrics step k (the save of checkpoint step_{k+1}); for an
+  async save the seconds it blocked, without the wait for the previous write.
 
     MFU = ppo_epochs x tokens x (6 N + 12 L d S) / (time/update_actor x peak x ranks)
 
 with N the parameters outside the input embedding, L layers, d width, S the mean sequence
 length (the attention term of a causal model, forward + backward). Simplifications: random
-weights; `--layers` shortens the 7B shape so policy, optimizer and vLLM fit one GPU, which
-keeps the per-layer work (and so MFU) of the full model but not its memory pressure.
+weights; `--layers` shortens the 7B shape so policy, optimizer and vLLM fit one GPU: the
+per-layer work is the full model's, but the vocabulary-side work (output projection, fp32
+logprobs) weighs more in fewer layers, so MFU reads somewhat low, and memory pressure is lower.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -56,7 +73,7 @@ SHAPES = {
 def write_model(shape: str, layers: int | None, out: Path) -> Path:
     """An HF directory of the shape with random bf16 weights and the tiny char tokenizer."""
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoModelForCausalLM, Qwen2Config
 
     from hpc_ppo.model import tiny_tokenizer
 
@@ -69,9 +86,14 @@ def write_model(shape: str, layers: int | None, out: Path) -> Path:
     config = Qwen2Config(**conf, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)  # bf16 init
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    tmp.rename(out)  # complete or absent
     return out
 
 
@@ -86,49 +108,139 @@ def param_counts(cfg: dict) -> tuple[int, int, int]:
     return n_layers * (attn + mlp) + lm_head, n_layers, h
 
 
+# Log lines whose arrival time is recorded (first occurrence), by name.
+MARKS = {
+    "engine_begin": re.compile(r"Initializing a V1 LLM engine"),
+    "engine_ready": re.compile(r"init engine .* took"),
+    "resumed": re.compile(r"resumed from "),
+}
+VLLM_FIGURES = {
+    "vllm_init_engine_s": re.compile(r"init engine .* took ([0-9.]+) sec"),
+    "vllm_compile_s": re.compile(r"torch\.compile takes ([0-9.]+) s in total"),
+    "vllm_graph_capture_s": re.compile(r"Graph capturing finished in ([0-9.]+) sec"),
+    "vllm_weights_gib": re.compile(r"Model loading took ([0-9.]+) GiB"),
+    "vllm_kv_cache_gib": re.compile(r"Available KV cache memory: ([0-9.]+) GiB"),
+}
+
+
+def run_logged(cmd: list[str], log_path: Path, timeout_s: float) -> tuple[int, float, dict, str]:
+    """Run `cmd`, writing its merged output to `log_path` as it comes; returns (exit code,
+    launch unix time, {mark: seconds after launch}, last lines of output)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    marks: dict[str, float] = {}
+    figures: dict[str, float] = {}
+    tail: list[str] = []
+    launch = time.time()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+
+    def pump() -> None:
+        with open(log_path, "w") as log:
+            for line in proc.stdout:  # type: ignore[union-attr]
+                log.write(line)
+                log.flush()
+                now = time.perf_counter() - t0
+                for name, rx in MARKS.items():
+                    if name not in marks and rx.search(line):
+                        marks[name] = round(now, 2)
+                for name, rx in VLLM_FIGURES.items():
+                    m = rx.search(line)
+                    if m and name not in figures:
+                        figures[name] = float(m.group(1))
+                tail.append(line)
+                del tail[:-200]
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        code = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # the launcher forwards it to the ranks, which save and exit
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        tail.append(f"bench/step.py: timed out after {timeout_s} s\n")
+    reader.join(timeout=10)
+    return code, launch, {**marks, **figures}, "".join(tail)
+
+
+def shape_of(config_path: Path) -> dict:
+    """The model's config.json fields that param_counts needs (built-in tiny model too)."""
+    from hpc_ppo.config import BUILTIN_TINY_MODEL, load_config
+
+    cfg = load_config(config_path)
+    if cfg.model.path != BUILTIN_TINY_MODEL:
+        return json.loads((Path(cfg.model.path) / "config.json").read_text())
+    t = cfg.model.tiny
+    return dict(
+        vocab_size=64,
+        hidden_size=t.hidden_size,
+        intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.num_hidden_layers,
+        num_attention_heads=t.num_attention_heads,
+        num_key_value_heads=t.num_key_value_heads,
+    )
+
+
+def completed_steps(run_dir: Path) -> int:
+    from hpc_ppo import checkpoint as ckpt
+
+    steps = ckpt.complete_steps(run_dir, warn=False)
+    if not steps:
+        sys.exit(f"{run_dir}: no complete checkpoint to resume")
+    return steps[-1]
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--shape", choices=["tiny", "0.5b", "7b"], default="0.5b")
     p.add_argument("--layers", type=int, default=None, help="override the layer count")
-    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--steps", type=int, default=4, help="steps to run (with --resume: more)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--peak-tflops", type=float, default=989.4, help="bf16 dense peak per GPU")
     p.add_argument("--out", type=Path, default=None, help="where models and runs go")
+    p.add_argument("--resume", type=Path, default=None, help="a run folder to continue")
+    p.add_argument("--log", type=Path, default=None, help="the run's output (default: out/)")
+    p.add_argument("--timeout-s", type=float, default=1e9)
     p.add_argument("overrides", nargs="*", help="extra key=value for hpc-ppo run")
     a = p.parse_args()
     out = a.out or Path(tempfile.mkdtemp(prefix="hpcppo-step-"))
-    config = REPO / ("configs/tiny-cpu.yaml" if a.shape == "tiny" else "configs/gpu-step.yaml")
-    overrides = [
-        f"trainer.total_steps={a.steps}",
-        f"trainer.output_dir={out / 'runs'}",
-        f"trainer.device={a.device}",
-    ]
-    if a.shape == "tiny":
-        from hpc_ppo.config import load_config
-
-        t = load_config(config).model.tiny
-        shape = dict(
-            vocab_size=64,
-            hidden_size=t.hidden_size,
-            intermediate_size=t.intermediate_size,
-            num_hidden_layers=t.num_hidden_layers,
-            num_attention_heads=t.num_attention_heads,
-            num_key_value_heads=t.num_key_value_heads,
-        )
+    first_new = 0
+    if a.resume is not None:  # the requeue path: same run folder, its config and caches
+        run_dir = a.resume.resolve()
+        first_new = completed_steps(run_dir)
+        cmd_args = [str(run_dir), f"trainer.total_steps={first_new + a.steps}", *a.overrides]
+        shape = shape_of(run_dir / "config.yaml")
     else:
-        model_dir = out / f"model-{a.shape}-{a.layers or 'full'}"
-        if not (model_dir / "config.json").is_file():
-            write_model(a.shape, a.layers, model_dir)
-        shape = json.loads((model_dir / "config.json").read_text())
-        overrides.append(f"model.path={model_dir}")
-    cmd = [sys.executable, "-m", "hpc_ppo.cli", "run", str(config), *overrides, *a.overrides]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(proc.stdout[-3000:] + proc.stderr[-5000:])
-    run_dir = Path(proc.stdout.strip().splitlines()[-1].removeprefix("run_dir: "))
+        config = REPO / ("configs/tiny-cpu.yaml" if a.shape == "tiny" else "configs/gpu-step.yaml")
+        overrides = [
+            f"trainer.total_steps={a.steps}",
+            f"trainer.output_dir={out / 'runs'}",
+            f"trainer.device={a.device}",
+        ]
+        if a.shape == "tiny":
+            shape = shape_of(config)
+        else:
+            model_dir = out / f"model-{a.shape}-{a.layers or 'full'}"
+            if not (model_dir / "config.json").is_file():
+                write_model(a.shape, a.layers, model_dir)
+            shape = json.loads((model_dir / "config.json").read_text())
+            overrides.append(f"model.path={model_dir}")
+        cmd_args = [str(config), *overrides, *a.overrides]
+    cmd = [sys.executable, "-m", "hpc_ppo.cli", "run", *cmd_args]
+    log_path = a.log or out / f"step-{time.strftime('%H%M%S')}.log"
+    code, launch, marks, tail = run_logged(cmd, log_path, a.timeout_s)
+    wall = time.time() - launch
+    if code != 0:
+        sys.exit(f"hpc-ppo run exited {code} after {wall:.0f} s; log {log_path}\n{tail[-6000:]}")
+    last = [ln for ln in tail.splitlines() if ln.startswith("run_dir: ")]
+    run_dir = Path(last[-1].removeprefix("run_dir: "))
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "time/step" in r and r["step"] >= first_new]
     resolved = json.loads(
         json.dumps(__import__("yaml").safe_load((run_dir / "config.yaml").read_text()))
     )
@@ -144,28 +256,55 @@ def main() -> None:
     flops = resolved["algo"]["ppo_epochs"] * tokens * (6 * n + 12 * layers * width * seq)
     ranks = resolved["trainer"]["nprocs"]
     mfu = flops / (med["time/update_actor"] * a.peak_tflops * 1e12 * ranks)
+    between = [
+        round(b["time"] - a_["time"] - b["time/step"], 2)
+        for a_, b in zip(rows, rows[1:], strict=False)
+    ]
+    engine = {}
+    if "engine_begin" in marks and "engine_ready" in marks:
+        engine["engine_start_s"] = round(marks["engine_ready"] - marks["engine_begin"], 1)
     print(
         json.dumps(
             {
                 "bench": "step",
-                "shape": a.shape,
+                "shape": a.shape if a.resume is None else "resume",
                 "layers": layers,
                 "params_matmul": n,
-                "steps": a.steps,
+                "dtype": resolved["model"]["dtype"],
+                "cuda_graphs": not resolved["rollout"]["enforce_eager"],
+                "steps": len(rows),
+                "first_step": first_new,
                 "wall_s": round(wall, 1),
+                "launch_to_first_step_s": round(rows[0]["time"] - launch, 1),
                 "first_step_s": round(rows[0]["time/step"], 2),
+                "first_step_save_s": round(rows[0].get("time/save", 0.0), 2),
+                **engine,
+                "log_marks_s": marks,
                 "median": med,
+                "save_s_by_step": {
+                    r["step"]: round(r["time/save"], 2) for r in rows if "time/save" in r
+                },
+                "between_steps_s": between,
                 "final_save_s": round(rows[-1].get("time/save", float("nan")), 2),
+                "async_save": resolved["trainer"]["async_save"],
                 "tokens_per_step": tokens,
                 "mean_seq_len": round(seq, 1),
+                "response_len_mean": round(
+                    statistics.median(r["response/length_mean"] for r in warm), 1
+                ),
+                "gen_tokens_per_s": round(
+                    statistics.median(r["perf/gen_tokens_per_s"] for r in warm), 1
+                ),
                 "actor_mfu": round(mfu, 4),
                 "peak_tflops": a.peak_tflops,
                 "reward_mean_last": rows[-1]["reward/mean"],
                 "logprob_gap_last": rows[-1]["actor/logprob_gap"],
                 "run_dir": str(run_dir),
+                "log": str(log_path),
             },
             indent=1,
-        )
+        ),
+        flush=True,
     )
 
 

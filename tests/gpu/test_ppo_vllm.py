@@ -42,8 +42,10 @@ def test_three_ppo_steps_on_a_qwen05b_shape(model_dir, tmp_path, local_env):
         assert r["perf/gen_tokens_per_s"] > 0
 
 
-def test_builtin_tiny_model_is_written_for_vllm(tmp_path, local_env):
-    """The CPU default (head_dim 16) through vLLM: the engine writes its config.json."""
+def test_builtin_tiny_model_with_async_saves_and_token_budget(tmp_path, local_env):
+    """The CPU default (head_dim 16) through vLLM: the engine writes its config.json. Two
+    steps with micro-batches packed by a token budget and async checkpoints of state that
+    lives on the GPU (staged to CPU, written by DCP's thread on a gloo group of its own)."""
     run_dir, rows = run_cli(
         local_env,
         str(REPO / "configs/tiny-cpu.yaml"),
@@ -51,9 +53,19 @@ def test_builtin_tiny_model_is_written_for_vllm(tmp_path, local_env):
         "trainer.device=cuda",
         "rollout.enforce_eager=true",
         "rollout.gpu_memory_utilization=0.2",
-        "trainer.total_steps=1",
+        "trainer.total_steps=2",
+        "trainer.save_every=1",
+        "trainer.async_save=true",
+        "trainer.max_tokens_per_micro_batch=512",
         f"trainer.output_dir={tmp_path}",
         timeout=300,
     )
-    assert len(rows) == 1
+    assert [r["step"] for r in rows] == [0, 1]
     assert (run_dir / "vllm-model" / "rank0" / "config.json").is_file()
+    for r in rows:
+        assert math.isfinite(r["actor/pg_loss"]) and math.isfinite(r["critic/vf_loss"]), r
+        assert r["time/save"] >= 0
+    done = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert done == ["step_1", "step_2"], done
+    for name in done:
+        assert (run_dir / "checkpoints" / name / "COMPLETE").is_file()
