@@ -78,18 +78,35 @@ def _response_slice(x: torch.Tensor, batch: RolloutBatch) -> torch.Tensor:
 
 
 def policy_forward(
-    model: nn.Module, batch: RolloutBatch, temperature: float, with_entropy: bool = False
+    model: nn.Module,
+    batch: RolloutBatch,
+    temperature: float,
+    with_entropy: bool = False,
+    entropy_grad: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs of the response tokens (temperature applied, as the engine sampled them)."""
+    """Log-probs of the response tokens (temperature applied, as the engine sampled them).
+
+    Only the last R+1 positions go through the LM head (`logits_to_keep`): with a 150k-token
+    vocabulary the prompt positions' logits are most of the head's work and all of its
+    memory. `entropy_grad=False` computes the entropy for logging only (no backward graph).
+    """
+    width = batch["responses"].shape[1]
     out = model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
         position_ids=batch["position_ids"],
         use_cache=False,
+        logits_to_keep=width + 1,
     )
-    logits = _response_slice(out.logits, batch).float() / temperature
+    logits = out.logits[:, :width].float() / temperature
     logprobs = logprobs_from_logits(logits, batch["responses"])
-    entropy = entropy_from_logits(logits) if with_entropy else None
+    entropy = None
+    if with_entropy:
+        if entropy_grad:
+            entropy = entropy_from_logits(logits)
+        else:
+            with torch.no_grad():
+                entropy = entropy_from_logits(logits.detach())
     return logprobs, entropy
 
 

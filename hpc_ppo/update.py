@@ -102,7 +102,11 @@ class PPOUpdate:
             micro = microbatch.trimmed(mini.select(idx.to(mini["input_ids"].device)))
             mask = micro["response_mask"]
             logprobs, entropy = policy_forward(
-                self.policy, micro, self.cfg.rollout.temperature, with_entropy=True
+                self.policy,
+                micro,
+                self.cfg.rollout.temperature,
+                with_entropy=True,
+                entropy_grad=a.entropy_coef > 0,
             )
             weights = None
             if a.tis_cap is not None:  # the engine sampled; FSDP's old log-probs are the target
