@@ -69,8 +69,11 @@ QWEN7B = dict(
 SHAPES = {"0.5b": QWEN05B, "7b": QWEN7B}
 
 
-def write_model_dir(out: Path, seed: int = 0, shape: str = "0.5b") -> Path:
+def write_model_dir(
+    out: Path, seed: int = 0, shape: str = "0.5b", layers: int | None = None
+) -> Path:
     """A Qwen2.5-0.5B-shaped (or `shape`) HF directory: random bf16 weights, tiny tokenizer.
+    `layers` shortens the model (bench/step.py's 7B shape on one GPU).
 
     The tokenizer's ids (< 64) are valid ids of the 151,936-token vocabulary, which is all
     the tests and the bench need from it. Written once; an existing complete one is reused.
@@ -84,7 +87,7 @@ def write_model_dir(out: Path, seed: int = 0, shape: str = "0.5b") -> Path:
         return out
     tok = tiny_tokenizer()
     conf = Qwen2Config(
-        **SHAPES[shape],
+        **{**SHAPES[shape], **({"num_hidden_layers": layers} if layers else {})},
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         bos_token_id=None,

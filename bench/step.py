@@ -48,53 +48,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-SHAPES = {
-    "0.5b": dict(
-        vocab_size=151936,
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    ),
-    "7b": dict(
-        vocab_size=152064,
-        hidden_size=3584,
-        intermediate_size=18944,
-        num_hidden_layers=28,
-        num_attention_heads=28,
-        num_key_value_heads=4,
-        tie_word_embeddings=False,
-    ),
-}
-
-
-def write_model(shape: str, layers: int | None, out: Path) -> Path:
-    """An HF directory of the shape with random bf16 weights and the tiny char tokenizer."""
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
-    from hpc_ppo.model import tiny_tokenizer
-
-    conf = dict(
-        SHAPES[shape], max_position_embeddings=32768, rope_theta=1_000_000.0, rms_norm_eps=1e-6
-    )
-    if layers:
-        conf["num_hidden_layers"] = layers
-    tok = tiny_tokenizer()
-    config = Qwen2Config(**conf, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)  # bf16 init
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    del model
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    tmp.rename(out)  # complete or absent
-    return out
+from bench.rollout import write_model_dir  # noqa: E402  (after the sys.path line)
 
 
 def param_counts(cfg: dict) -> tuple[int, int, int]:
@@ -227,7 +181,7 @@ def main() -> None:
         else:
             model_dir = out / f"model-{a.shape}-{a.layers or 'full'}"
             if not (model_dir / "config.json").is_file():
-                write_model(a.shape, a.layers, model_dir)
+                write_model_dir(model_dir, shape=a.shape, layers=a.layers)
             shape = json.loads((model_dir / "config.json").read_text())
             overrides.append(f"model.path={model_dir}")
         cmd_args = [str(config), *overrides, *a.overrides]
