@@ -11,10 +11,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from hpc_ppo import checkpoint as ckpt
 from hpc_ppo.config import load_config
 from hpc_ppo.errors import ConfigError
-from hpc_ppo.model import build_tokenizer, load_policy
+from hpc_ppo.model import build_tokenizer, load_critic, load_policy
+
+
+def load_run_weights(run_dir: Path, step: int | None = None) -> dict[str, torch.Tensor]:
+    """Every trained model's parameters at `step` (default: newest) as "policy.<name>" /
+    "critic.<name>" tensors, in this process: to compare runs, or to inspect one."""
+    cfg = load_config(run_dir / "config.yaml")
+    tokenizer = build_tokenizer(cfg)
+    path = ckpt.resolve_step(run_dir, step)
+    models = {"policy": load_policy(cfg, tokenizer, cfg.trainer.seed)}
+    if cfg.algo.name == "ppo":
+        models["critic"] = load_critic(cfg, tokenizer, cfg.trainer.seed)
+    out = {}
+    for name, model in models.items():
+        ckpt.load_model_only(path, name, model)
+        out.update({f"{name}.{k}": v for k, v in model.state_dict().items()})
+    return out
 
 
 def export_hf(run_dir: Path, out: Path, step: int | None = None) -> Path:

@@ -8,16 +8,12 @@ import pytest
 import torch
 from test_run_local import run_cli
 
-from hpc_ppo.checkpoint import complete_steps, load_model_only
-from hpc_ppo.config import load_config
-from hpc_ppo.model import build_tokenizer, load_policy
+from hpc_ppo.checkpoint import complete_steps
+from hpc_ppo.export import load_run_weights
 
 
 def _policy(run_dir, step):
-    cfg = load_config(run_dir / "config.yaml")
-    model = load_policy(cfg, build_tokenizer(cfg), cfg.trainer.seed)
-    load_model_only(run_dir / "checkpoints" / f"step_{step}", "policy", model)
-    return model.state_dict()
+    return load_run_weights(run_dir, step)
 
 
 @pytest.mark.slow

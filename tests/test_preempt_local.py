@@ -23,7 +23,8 @@ import torch
 
 from hpc_ppo import checkpoint as ckpt
 from hpc_ppo.config import load_config
-from hpc_ppo.model import build_tokenizer, load_critic, load_policy
+from hpc_ppo.export import load_run_weights
+from hpc_ppo.model import build_tokenizer, load_policy
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny-cpu.yaml")
@@ -85,18 +86,8 @@ def history(run_dir: Path) -> dict[int, dict[str, float]]:
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    """Policy and critic parameters of the newest checkpoint, loaded with DCP in this process."""
-    cfg = load_config(run_dir / "config.yaml")
-    tok = build_tokenizer(cfg)
-    path = ckpt.resolve_step(run_dir, None)
-    out = {}
-    for name, model in (
-        ("policy", load_policy(cfg, tok, cfg.trainer.seed + 100)),  # other init: must be filled
-        ("critic", load_critic(cfg, tok, cfg.trainer.seed + 100)),
-    ):
-        ckpt.load_model_only(path, name, model)
-        out.update({f"{name}.{k}": v for k, v in model.state_dict().items()})
-    return out
+    """Policy and critic of the newest checkpoint, loaded with DCP into this process."""
+    return load_run_weights(run_dir)
 
 
 def stop_with(launch: Launch, run_dir: Path, sig: signal.Signals, after_rows: int) -> int:

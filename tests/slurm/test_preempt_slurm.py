@@ -31,7 +31,8 @@ import torch
 
 from hpc_ppo import checkpoint as ckpt
 from hpc_ppo.config import load_config
-from hpc_ppo.model import build_tokenizer, load_critic, load_policy
+from hpc_ppo.export import load_run_weights
+from hpc_ppo.model import build_tokenizer, load_policy
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -224,17 +225,7 @@ def report(capsys, job: Job, what: str) -> None:
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     """Policy and critic of the newest checkpoint, loaded with DCP into this process."""
-    cfg = load_config(run_dir / "config.yaml")
-    tok = build_tokenizer(cfg)
-    path = ckpt.resolve_step(run_dir, None)
-    out = {}
-    for name, model in (
-        ("policy", load_policy(cfg, tok, cfg.trainer.seed + 100)),  # another init: must be filled
-        ("critic", load_critic(cfg, tok, cfg.trainer.seed + 100)),
-    ):
-        ckpt.load_model_only(path, name, model)
-        out.update({f"{name}.{k}": v for k, v in model.state_dict().items()})
-    return out
+    return load_run_weights(run_dir)
 
 
 def mlflow_tags(job: Job) -> dict[str, str]:
