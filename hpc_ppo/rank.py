@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -33,6 +34,9 @@ def main(run_dir: str | Path) -> None:
     threads = cfg.trainer.threads_per_rank or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if threads:
         torch.set_num_threads(threads)
+    # The critic's output is a view of its head's output; nothing here modifies it in place
+    # (the hazard FSDP2 warns about), so the warning would only fill every rank's log.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     stop = StopFlag()
     stop.install()  # before anything slow, and after submitit's handlers: ours must win
     device = pick_device(cfg.trainer.device, env.local_rank)
