@@ -24,6 +24,17 @@ from dataclasses import asdict, dataclass
 # Rendezvous ports: below Linux's default ephemeral range (32768-60999), so no outgoing
 # connection of the node can hold the port (seen: EADDRINUSE on a requeue with 20000-60000).
 PORT_LO, PORT_HI = 20000, 32768
+# Variables of a torchrun-style launcher: resolve_rank_env prefers them over SLURM_*, so a job
+# must not inherit them from the shell that submitted it (sbatch scripts unset them).
+LAUNCHER_VARS = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "GROUP_RANK",
+)
 
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 

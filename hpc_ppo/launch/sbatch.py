@@ -26,18 +26,7 @@ from pathlib import Path
 import hpc_ppo
 from hpc_ppo.config import Config, load_config, save_config, to_dict, world_errors
 from hpc_ppo.errors import ConfigError
-
-# Variables of an enclosing launcher (torchrun, a parent job's rank) that would win over the srun
-# layout in launch.env.resolve_rank_env; a job must not inherit them from the submitting shell.
-LAUNCHER_VARS = (
-    "RANK",
-    "LOCAL_RANK",
-    "WORLD_SIZE",
-    "LOCAL_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "GROUP_RANK",
-)
+from hpc_ppo.launch.env import LAUNCHER_VARS
 
 # sbatch options hpc-ppo writes itself, and the config key that sets each one.
 _MANAGED_OPTIONS = {

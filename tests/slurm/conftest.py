@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from hpc_ppo.launch.env import LAUNCHER_VARS
+
 SCRIPT = Path(__file__).resolve().parent / "local_slurm.sh"
 REPO = Path(__file__).resolve().parents[2]
 NODES = 2
@@ -42,15 +44,7 @@ TERMINAL = frozenset(
 )
 # Variables of an enclosing job or launcher that must not leak into test jobs: srun attaches to
 # the allocation named by SLURM_JOB_ID, and resolve_rank_env prefers RANK/WORLD_SIZE/MASTER_*.
-_LEAKY = (
-    "RANK",
-    "LOCAL_RANK",
-    "WORLD_SIZE",
-    "LOCAL_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "GROUP_RANK",
-)
+_LEAKY = LAUNCHER_VARS
 
 
 def _skip_or_fail(reason: str) -> None:
