@@ -32,6 +32,7 @@ from hpc_ppo.config import RESUMABLE_KEYS, Config, to_dict
 from hpc_ppo.data import Prompt, PromptSampler, load_prompts, make_letters_prompts, shard_for_rank
 from hpc_ppo.model import build_tokenizer, full_state_iter, load_critic, load_policy, shard
 from hpc_ppo.preempt import StopFlag
+from hpc_ppo.provenance import check_code_version
 from hpc_ppo.reward import resolve_reward_fn, score_batch
 from hpc_ppo.rollout.base import RolloutEngine, SamplingSpec
 from hpc_ppo.tracking import MetricsSink, NullTracker, Tracker, flatten, read_run_id
@@ -358,7 +359,10 @@ def _params_and_tags(run_dir: Path, cfg: Config) -> tuple[dict[str, str], dict[s
     params = flatten(to_dict(cfg))
     first_path = run_dir / "params.json"
     first = json.loads(first_path.read_text()) if first_path.is_file() else {}
-    tags = {"launcher": "slurm" if "SLURM_JOB_ID" in os.environ else "local"}
+    tags = {
+        "launcher": "slurm" if "SLURM_JOB_ID" in os.environ else "local",
+        "code.version": check_code_version(run_dir),
+    }
     for key in RESUMABLE_KEYS:
         # Every resumed job tags all of them, changed or not: MLflow keeps tags, so a tag only
         # set on change went stale when a later resume went back to the first value
