@@ -148,17 +148,17 @@ def run_inrank(a: argparse.Namespace) -> dict:
     from hpc_ppo.launch.env import resolve_rank_env
     from hpc_ppo.model import build_tokenizer, full_state_iter, load_policy, shard
     from hpc_ppo.rollout.base import SamplingSpec
-    from hpc_ppo.rollout.vllm_engine import VLLMEngine
+    from hpc_ppo.rollout.make import make_engine
 
     env = resolve_rank_env()
     device = pick_device("cuda", env.local_rank)
     init_distributed(env, device)
     cfg = load_config(None, _overrides(a))
-    tok = build_tokenizer(cfg)
+    tok = build_tokenizer(cfg.model)
     t0 = time.perf_counter()
-    engine = VLLMEngine(cfg, tok, device, Path(a.work_dir) / "bench-run")
+    engine = make_engine(cfg, tok, device, Path(a.work_dir) / "bench-run")
     init_s = time.perf_counter() - t0
-    policy = shard(load_policy(cfg, tok, 0), device, mixed_bf16=True)  # resident from here on
+    policy = shard(load_policy(cfg.model, tok, 0), device, mixed_bf16=True)  # resident from here on
     bf16 = torch.bfloat16
     engine.push_weights(full_state_iter(policy, bf16))
     engine.wake_cache()
@@ -209,7 +209,7 @@ def run_standalone(a: argparse.Namespace) -> dict:
     from hpc_ppo.rollout.vllm_engine import cache_root, point_caches, sampling_params
 
     cfg = load_config(None, _overrides(a))
-    point_caches(cache_root(cfg, None))
+    point_caches(cache_root(cfg.rollout, Path(cfg.trainer.output_dir).resolve()))
     from vllm import LLM
 
     t0 = time.perf_counter()
@@ -225,7 +225,7 @@ def run_standalone(a: argparse.Namespace) -> dict:
         max_model_len=a.prompt_len + a.max_new,
     )
     init_s = time.perf_counter() - t0
-    eos = build_tokenizer(cfg).eos_token_id
+    eos = build_tokenizer(cfg.model).eos_token_id
     prompts = make_prompts(a.prompts, a.prompt_len, SHAPES[a.shape]["vocab_size"], a.seed)
 
     def gen(batch: list[list[int]], spec: SamplingSpec) -> list:

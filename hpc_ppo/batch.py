@@ -1,20 +1,36 @@
-"""Samples -> padded tensors, and the forward passes that score them.
+"""One step's samples as tensors: samples -> padded tensors -> micro-batch plan -> forward.
+
+    hpc-ppo run configs/tiny-cpu.yaml trainer.max_tokens_per_micro_batch=256   # every step
 
 Layout (as in verl): prompts left-padded to a common width P, responses right-padded to R, so
 the response logits of every row are the slice [P-1, P-1+R) of one forward pass. Position ids
 skip the left padding so a row's numbers do not depend on its neighbours.
+
+Micro-batches: every rank must run the same number of forward/backward passes (FSDP2
+all-gathers inside each), so the ranks agree on the largest count any of them needs and each
+splits its rows into exactly that many. With a token budget, rows are sorted by length and cut
+into contiguous groups with the smallest possible largest padded size (rows x widest row);
+each is trimmed to its own widths before the forward.
+
+Balancing (`trainer.balance_tokens`): whole prompt groups move between ranks so every rank
+trains on a similar number of tokens (the slowest rank sets the pace of every collective).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from hpc_ppo import dist as hdist
 from hpc_ppo.algo.losses import entropy_from_logits, logprobs_from_logits
 from hpc_ppo.rollout.base import Sample
+
+FULL_WIDTH_KEYS = ("input_ids", "attention_mask", "position_ids")
 
 
 @dataclass
@@ -33,15 +49,26 @@ class RolloutBatch:
     def __setitem__(self, key: str, value: torch.Tensor) -> None:
         self.t[key] = value
 
+    def __contains__(self, key: str) -> bool:
+        return key in self.t
+
     def select(self, rows: torch.Tensor) -> RolloutBatch:
         return RolloutBatch(self.prompt_width, {k: v[rows] for k, v in self.t.items()})
 
     def to(self, device: torch.device) -> RolloutBatch:
         return RolloutBatch(self.prompt_width, {k: v.to(device) for k, v in self.t.items()})
 
-    def chunks(self, size: int) -> Iterator[RolloutBatch]:
-        for start in range(0, len(self), size):
-            yield self.select(torch.arange(start, min(start + size, len(self))))
+
+@dataclass(frozen=True)
+class MicroBatching:
+    """How a batch is cut for forward/backward passes (`trainer.micro_batch_size`,
+    `trainer.max_tokens_per_micro_batch`)."""
+
+    max_rows: int
+    max_tokens: int | None = None
+
+
+# ---------------------------------------------------------------- samples -> padded tensors
 
 
 def collate(samples: list[Sample], scores: list[float], pad_id: int) -> RolloutBatch:
@@ -72,9 +99,134 @@ def collate(samples: list[Sample], scores: list[float], pad_id: int) -> RolloutB
     )
 
 
-def _response_slice(x: torch.Tensor, batch: RolloutBatch) -> torch.Tensor:
-    p, r = batch.prompt_width, batch["responses"].shape[1]
-    return x[:, p - 1 : p - 1 + r]
+# ---------------------------------------------------------------- balancing across ranks
+
+
+def assign_groups(costs: list[int], world: int) -> list[list[int]]:
+    """Group indices per rank: longest first, each to the least-loaded rank with room left.
+
+    Every rank gets len(costs) // world groups, so mini-batch counts still agree; ties go to
+    the lower rank (deterministic).
+    """
+    per_rank = len(costs) // world
+    loads, owned = [0] * world, [[] for _ in range(world)]
+    for g in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        rank = min(
+            (r for r in range(world) if len(owned[r]) < per_rank), key=lambda r: (loads[r], r)
+        )
+        owned[rank].append(g)
+        loads[rank] += costs[g]
+    return [sorted(o) for o in owned]
+
+
+def balance_groups(
+    samples: list[Sample], scores: list[float], group: int, rank: int, world: int
+) -> tuple[list[Sample], list[float]]:
+    """This rank's share of all ranks' (sample, score) groups after balancing by token count.
+
+    Groups (the `rollout.n` samples of one prompt) stay whole: GRPO's statistics are unchanged.
+    """
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, (samples, scores))
+    all_samples = [s for rank_samples, _ in gathered for s in rank_samples]
+    all_scores = [x for _, rank_scores in gathered for x in rank_scores]
+    costs = [
+        sum(len(s.prompt_ids) + len(s.response_ids) for s in all_samples[g : g + group])
+        for g in range(0, len(all_samples), group)
+    ]
+    rows = [g * group + j for g in assign_groups(costs, world)[rank] for j in range(group)]
+    return [all_samples[i] for i in rows], [all_scores[i] for i in rows]
+
+
+# ---------------------------------------------------------------- micro-batch plan
+
+
+def row_lengths(batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt tokens, response tokens) per row, on the CPU."""
+    attn = batch["attention_mask"].cpu()
+    prompt = attn[:, : batch.prompt_width].sum(-1)
+    return prompt, batch["response_mask"].cpu().sum(-1).long()
+
+
+def plan_micro_batches(batch: RolloutBatch, spec: MicroBatching) -> list[torch.Tensor]:
+    """Row indices of each micro-batch; the same number of micro-batches on every rank."""
+    n = len(batch)
+    if spec.max_tokens is None:
+        k = int(hdist.all_reduce([math.ceil(n / spec.max_rows)], "max")[0])
+        k = min(k, n)
+        edges = [round(i * n / k) for i in range(k + 1)]
+        return [torch.arange(edges[i], edges[i + 1]) for i in range(k)]
+    prompt, resp = row_lengths(batch)
+    order = sorted(range(n), key=lambda i: (-int(prompt[i] + resp[i]), i))
+    p, r = [int(prompt[i]) for i in order], [int(resp[i]) for i in order]
+    k = len(_pack(p, r, spec.max_tokens, spec.max_rows))
+    k = min(int(hdist.all_reduce([k], "max")[0]), n)
+    groups = split_exactly(p, r, k, spec.max_rows)
+    return [torch.tensor([order[j] for j in g]) for g in groups]
+
+
+def _cost(p: list[int], r: list[int], lo: int, hi: int) -> int:
+    return (hi - lo) * (max(p[lo:hi]) + max(r[lo:hi]))
+
+
+def _pack(p: list[int], r: list[int], cap: int, max_rows: int) -> list[range]:
+    """Greedy contiguous packing under a padded-size cap (a single longer row gets its own)."""
+    groups, lo = [], 0
+    while lo < len(p):
+        hi = lo + 1
+        while hi < len(p) and hi - lo < max_rows and _cost(p, r, lo, hi + 1) <= cap:
+            hi += 1
+        groups.append(range(lo, hi))
+        lo = hi
+    return groups
+
+
+def split_exactly(p: list[int], r: list[int], k: int, max_rows: int) -> list[range]:
+    """k contiguous groups of rows (prompt lengths p, response lengths r, longest first)
+    minimising the largest padded size (binary search on the cap)."""
+    lo, hi = 1, _cost(p, r, 0, len(p))
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(_pack(p, r, mid, max_rows)) <= k:
+            hi = mid
+        else:
+            lo = mid + 1
+    groups = _pack(p, r, lo, max_rows)
+    while len(groups) < k:  # fewer groups than agreed: halve the largest
+        big = max(range(len(groups)), key=lambda i: len(groups[i]))
+        g = groups[big]
+        if len(g) < 2:
+            break
+        mid = g.start + len(g) // 2
+        groups[big : big + 1] = [range(g.start, mid), range(mid, g.stop)]
+    return groups
+
+
+def trimmed(batch: RolloutBatch) -> RolloutBatch:
+    """Drop the columns that are padding for every row of this (sub-)batch."""
+    prompt, resp = row_lengths(batch)
+    width, keep_r = int(prompt.max()), max(1, int(resp.max()))
+    left = batch.prompt_width - width
+    out = {}
+    for key, t in batch.t.items():
+        if key in FULL_WIDTH_KEYS:
+            out[key] = t[:, left : batch.prompt_width + keep_r]
+        elif t.dim() == 2:
+            out[key] = t[:, :keep_r]
+        else:
+            out[key] = t
+    return RolloutBatch(width, out)
+
+
+def micro_batches(batch: RolloutBatch, plan: list[torch.Tensor]):
+    """Each planned micro-batch, trimmed, with its row indices (on the batch's device)."""
+    device = batch["input_ids"].device
+    for rows in plan:
+        rows = rows.to(device)
+        yield rows, trimmed(batch.select(rows))
+
+
+# ---------------------------------------------------------------- forward passes
 
 
 def policy_forward(
@@ -118,14 +270,25 @@ def critic_forward(model: nn.Module, batch: RolloutBatch) -> torch.Tensor:
         position_ids=batch["position_ids"],
         use_cache=False,
     )
-    return _response_slice(out.logits[..., 0], batch).float()
+    p, r = batch.prompt_width, batch["responses"].shape[1]
+    return out.logits[:, p - 1 : p - 1 + r, 0].float()
 
 
 @torch.no_grad()
-def forward_in_chunks(fn, model: nn.Module, batch: RolloutBatch, size: int, **kw) -> torch.Tensor:
-    """Evaluate `fn` over micro-batches without grad and concatenate the first output."""
-    outs = []
-    for chunk in batch.chunks(size):
-        res = fn(model, chunk, **kw)
-        outs.append(res[0] if isinstance(res, tuple) else res)
-    return torch.cat(outs)
+def forward_all(
+    fn: Callable[..., torch.Tensor | tuple],
+    model: nn.Module,
+    batch: RolloutBatch,
+    plan: list[torch.Tensor],
+    **kw,
+) -> torch.Tensor:
+    """`fn` (policy_forward / critic_forward) over the planned micro-batches, without grad;
+    [rows, response width]."""
+    out = torch.zeros(
+        batch["responses"].shape, dtype=torch.float32, device=batch["responses"].device
+    )
+    for rows, micro in micro_batches(batch, plan):
+        res = fn(model, micro, **kw)
+        res = res[0] if isinstance(res, tuple) else res
+        out[rows, : res.shape[1]] = res
+    return out

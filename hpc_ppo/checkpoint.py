@@ -209,6 +209,53 @@ def load(path: Path, parts: list[Checkpointable]) -> dict[str, Any]:
     return state
 
 
+class Checkpointer:
+    """The checkpoint stage of a run: resume from the newest complete checkpoint, save after a
+    step (in the background with `trainer.async_save`), and finish a pending save.
+
+    `states` are the models with their optimizers and schedulers (update.Optimization.states);
+    the caller's small state (sampler, metrics, run id, config) rides along in trainer.json.
+    """
+
+    def __init__(
+        self, run_dir: Path, states: list[Checkpointable], keep: int, async_save: bool
+    ) -> None:
+        self.run_dir, self.states, self.keep, self.async_save = run_dir, states, keep, async_save
+        self.pending: PendingSave | None = None
+        # Async saves run their collectives on a group of their own (never interleaved).
+        self.group = dist.new_group(backend="gloo") if async_save else None
+
+    def resume(self, total_steps: int, warn: bool) -> dict[str, Any] | None:
+        """Restore the newest complete checkpoint (if any) into `states`; its trainer.json."""
+        # One listing: resolve_step would list (and warn about skipped folders) again.
+        steps = complete_steps(self.run_dir, warn=warn)
+        if not steps:
+            return None
+        path = checkpoint_root(self.run_dir) / f"step_{steps[-1]}"
+        state = load(path, self.states)
+        log.info("resumed from %s: %d of %d steps done", path, state["step"], total_steps)
+        return state
+
+    def save(self, done: int, trainer_state: dict[str, Any], final: bool = True) -> float:
+        """Checkpoint after `done` completed steps; returns the seconds it blocked training.
+
+        With async saves, a non-final save returns once the state is copied to CPU memory; its
+        commit happens before the next save or at `finish_pending`.
+        """
+        self.finish_pending()
+        if self.async_save and not final:
+            blocked, self.pending = save_async(
+                self.run_dir, done, self.states, trainer_state, self.keep, self.group
+            )
+            return blocked
+        return save(self.run_dir, done, self.states, trainer_state, self.keep)
+
+    def finish_pending(self) -> None:
+        if self.pending is not None:
+            finish(self.pending)
+            self.pending = None
+
+
 def load_model_only(path: Path, name: str, model: nn.Module) -> None:
     """Fill a plain (unsharded, single-process) model from a checkpoint: for export."""
     sd = {name: {"model": model.state_dict()}}

@@ -26,11 +26,15 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from hpc_ppo.config import DataConfig
 from hpc_ppo.errors import ConfigError
+
+if TYPE_CHECKING:  # transformers is slow to import; `hpc-ppo validate` needs none of it
+    from transformers import PreTrainedTokenizerBase
 
 SUPPORTED_EXTENSIONS = (".jsonl", ".parquet")
 LETTERS_PREFIX = "echo: "
@@ -279,6 +283,27 @@ class PromptSampler:
         self.epoch = state["epoch"]
         self.position = state["position"]
         self._order = self._permutation(self.epoch)
+
+
+def task_prompts(data: DataConfig, seed: int) -> list[Prompt]:
+    """The run's prompts: `data.path`'s file, or the synthetic task when it is null."""
+    if data.path is not None:
+        return load_prompts(data.path, data.prompt_key, data.answer_key)
+    s = data.synthetic
+    return make_letters_prompts(s.num_prompts, seed, min_len=s.min_len, max_len=s.max_len)
+
+
+def encode_prompt(
+    tokenizer: PreTrainedTokenizerBase, text: str, chat_template: bool, max_tokens: int
+) -> list[int]:
+    """Token ids of a prompt (through the chat template when asked), cut from the left."""
+    if chat_template:
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+        )
+    else:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return list(ids)[-max_tokens:]
 
 
 def shard_for_rank(items: list, rank: int, world_size: int) -> list:

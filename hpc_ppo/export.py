@@ -23,11 +23,11 @@ def load_run_weights(run_dir: Path, step: int | None = None) -> dict[str, torch.
     """Every trained model's parameters at `step` (default: newest) as "policy.<name>" /
     "critic.<name>" tensors, in this process: to compare runs, or to inspect one."""
     cfg = load_config(run_dir / "config.yaml")
-    tokenizer = build_tokenizer(cfg)
+    tokenizer = build_tokenizer(cfg.model)
     path = ckpt.resolve_step(run_dir, step)
-    models = {"policy": load_policy(cfg, tokenizer, cfg.trainer.seed)}
+    models = {"policy": load_policy(cfg.model, tokenizer, cfg.trainer.seed)}
     if cfg.algo.name == "ppo":
-        models["critic"] = load_critic(cfg, tokenizer, cfg.trainer.seed)
+        models["critic"] = load_critic(cfg.model, tokenizer, cfg.trainer.seed)
     out = {}
     for name, model in models.items():
         ckpt.load_model_only(path, name, model)
@@ -43,8 +43,8 @@ def export_hf(run_dir: Path, out: Path, step: int | None = None) -> Path:
         raise ConfigError(f"{out}: exists and is not empty; choose a new output folder")
     path = ckpt.resolve_step(run_dir, step)
     cfg = load_config(run_dir / "config.yaml")
-    tokenizer = build_tokenizer(cfg)
-    model = load_policy(cfg, tokenizer, cfg.trainer.seed)
+    tokenizer = build_tokenizer(cfg.model)
+    model = load_policy(cfg.model, tokenizer, cfg.trainer.seed)
     try:
         ckpt.load_model_only(path, "policy", model)
     except (Exception, ckpt.CheckpointException) as e:  # DCP's is a BaseException

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import string
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -25,16 +26,16 @@ from transformers import (
     Qwen2Config,
 )
 
-from hpc_ppo.config import BUILTIN_TINY_MODEL, Config
+from hpc_ppo.config import BUILTIN_TINY_MODEL, ModelConfig
 from hpc_ppo.errors import ConfigError
 
 TINY_SPECIALS = ["<pad>", "<eos>", "<unk>"]
 TINY_CHARS = string.ascii_lowercase + string.digits + " :=#.,+-*/?!"
 
 
-def build_tokenizer(cfg: Config) -> PreTrainedTokenizerBase:
-    if cfg.model.path != BUILTIN_TINY_MODEL:
-        tok = AutoTokenizer.from_pretrained(cfg.model.path)
+def build_tokenizer(mc: ModelConfig) -> PreTrainedTokenizerBase:
+    if mc.path != BUILTIN_TINY_MODEL:
+        tok = AutoTokenizer.from_pretrained(mc.path)
         if tok.pad_token_id is None:  # Llama-style tokenizers ship without one
             tok.pad_token = tok.eos_token
         return tok
@@ -70,8 +71,9 @@ def _bytes_to_unicode() -> list[str]:
     return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
 
 
-def _tiny_config(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> Qwen2Config:
-    t = cfg.model.tiny
+def tiny_config(mc: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> Qwen2Config:
+    """The built-in model's Qwen2 config (`model.tiny.*`), sized to the tokenizer."""
+    t = mc.tiny
     return Qwen2Config(
         vocab_size=64 * ((len(tokenizer) + 63) // 64),
         hidden_size=t.hidden_size,
@@ -87,13 +89,13 @@ def _tiny_config(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> Qwen2Config
     )
 
 
-def _dtype(cfg: Config) -> torch.dtype:
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
+def _dtype(mc: ModelConfig) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[mc.dtype]
 
 
-def attn_implementation(cfg: Config) -> str:
+def attn_implementation(mc: ModelConfig) -> str:
     """`auto`: flash_attention_2 when flash-attn is installed and a GPU is present, else sdpa."""
-    choice = cfg.model.attn_implementation
+    choice = mc.attn_implementation
     have_flash = importlib.util.find_spec("flash_attn") is not None
     if choice == "auto":
         return "flash_attention_2" if have_flash and torch.cuda.is_available() else "sdpa"
@@ -105,38 +107,71 @@ def attn_implementation(cfg: Config) -> str:
     return choice
 
 
-def load_policy(cfg: Config, tokenizer: PreTrainedTokenizerBase, seed: int) -> nn.Module:
+def load_policy(mc: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> nn.Module:
     """The policy (or reference) as a causal LM; the tiny one is seeded so every rank agrees."""
-    if cfg.model.path == BUILTIN_TINY_MODEL:
+    if mc.path == BUILTIN_TINY_MODEL:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = AutoModelForCausalLM.from_config(
-                _tiny_config(cfg, tokenizer),
-                dtype=_dtype(cfg),
-                attn_implementation=attn_implementation(cfg),
+                tiny_config(mc, tokenizer),
+                dtype=_dtype(mc),
+                attn_implementation=attn_implementation(mc),
             )
     else:
         model = AutoModelForCausalLM.from_pretrained(
-            cfg.model.path, dtype=_dtype(cfg), attn_implementation=attn_implementation(cfg)
+            mc.path, dtype=_dtype(mc), attn_implementation=attn_implementation(mc)
         )
     return model
 
 
-def load_critic(cfg: Config, tokenizer: PreTrainedTokenizerBase, seed: int) -> nn.Module:
+def load_critic(mc: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> nn.Module:
     """A value model: the policy's backbone with a 1-output token head (no dropout: PPO values)."""
-    path = cfg.model.critic_path or cfg.model.path
+    path = mc.critic_path or mc.path
     if path == BUILTIN_TINY_MODEL:
-        conf = _tiny_config(cfg, tokenizer)
+        conf = tiny_config(mc, tokenizer)
         conf.num_labels, conf.classifier_dropout = 1, 0.0
         with torch.random.fork_rng():
             torch.manual_seed(seed + 1)
             return AutoModelForTokenClassification.from_config(
-                conf, dtype=_dtype(cfg), attn_implementation=attn_implementation(cfg)
+                conf, dtype=_dtype(mc), attn_implementation=attn_implementation(mc)
             )
     conf = AutoConfig.from_pretrained(path, num_labels=1, classifier_dropout=0.0)
     return AutoModelForTokenClassification.from_pretrained(
-        path, config=conf, dtype=_dtype(cfg), attn_implementation=attn_implementation(cfg)
+        path, config=conf, dtype=_dtype(mc), attn_implementation=attn_implementation(mc)
     )
+
+
+@dataclass
+class Models:
+    """A rank's FSDP2-sharded models: the policy, and where the algorithm needs them the
+    frozen reference (algo.kl_coef > 0) and the critic (PPO)."""
+
+    policy: nn.Module
+    ref: nn.Module | None = None
+    critic: nn.Module | None = None
+
+
+def build_models(
+    mc: ModelConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    seed: int,
+    device: torch.device,
+    with_ref: bool,
+    with_critic: bool,
+) -> Models:
+    """Load and shard the models. fp32 parameters on a GPU compute in bf16 (mixed precision)."""
+    bf16 = device.type == "cuda" and mc.dtype == "float32"
+    models = Models(shard(load_policy(mc, tokenizer, seed), device, bf16))
+    if with_ref:
+        models.ref = shard(load_policy(mc, tokenizer, seed), device, bf16).eval()
+        models.ref.requires_grad_(False)
+    if with_critic:
+        models.critic = shard(load_critic(mc, tokenizer, seed), device, bf16)
+    if mc.gradient_checkpointing:
+        for m in (models.policy, models.critic):
+            if m is not None:
+                m.gradient_checkpointing_enable()
+    return models
 
 
 def shard(model: nn.Module, device: torch.device, mixed_bf16: bool) -> nn.Module:

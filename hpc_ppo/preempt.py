@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from types import FrameType
 
 import torch
@@ -105,3 +106,23 @@ def _job_state(job: str) -> tuple[str | None, str | None]:
         return None, None
     fields = dict(re.findall(r"(?:^|\s)(JobState|Reason)=(\S+)", out))
     return fields.get("JobState"), fields.get("Reason")
+
+
+def save_on_stop(
+    stop: StopFlag, done: int, saved: int, save: Callable[[], float], rank: int
+) -> None:
+    """The stop stage, after all ranks agreed to stop: make sure `done` steps are checkpointed
+    (`save` is a collective: every rank calls this), then rank 0 says what was kept."""
+    if saved != done:
+        what = f"checkpoint step_{done} saved in {save():.2f} s"
+    elif done:
+        what = f"checkpoint step_{done} already saved"
+    else:
+        what = "no step done, nothing saved"
+    if rank == 0:  # the signal time is rank 0's; every rank agreed to stop
+        log.warning(
+            "stop requested by %s: %s; exiting %.2f s after the signal",
+            stop.signal_name or "another rank's signal",
+            what,
+            stop.seconds_since_signal() or 0.0,
+        )

@@ -16,7 +16,10 @@ and in the experiment YAML (or `reward.fn=my_pkg.rewards:score` on the command l
 
 Built-ins, by name: "exact_match", "gsm8k", "letters" (see `BUILTIN_REWARDS`). The trainer
 resolves the name once with `resolve_reward_fn` (so `hpc-ppo validate` catches a typo) and
-scores each step's responses with `score_batch`, on the rank that generated them.
+scores each step's responses with `score_samples` (the score stage), on the rank that
+generated them.
+
+    hpc-ppo run configs/tiny-cpu.yaml reward.fn=letters     # every step scores its samples
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ import numbers
 import re
 from collections.abc import Callable, Sequence
 
-from hpc_ppo.data import letters_reward
+from hpc_ppo.data import Prompt, letters_reward
 from hpc_ppo.errors import ConfigError
+from hpc_ppo.rollout.base import Sample
 
 RewardFn = Callable[[str, str, str | None], float]
 
@@ -166,6 +170,22 @@ def score_batch(
             )
         scores.append(float(value))
     return scores
+
+
+def score_samples(
+    fn: RewardFn,
+    decode: Callable[[list[list[int]]], list[str]],
+    prompts: Sequence[Prompt],
+    samples: Sequence[Sample],
+) -> list[float]:
+    """The score stage: decode each sample's response and score it against its prompt.
+
+    `decode` turns token-id lists into text (the tokenizer's batch_decode, special tokens
+    skipped); `sample.prompt_index` indexes `prompts`.
+    """
+    responses = decode([s.response_ids for s in samples])
+    owners = [prompts[s.prompt_index] for s in samples]
+    return score_batch(fn, [p.text for p in owners], responses, [p.answer for p in owners])
 
 
 def _fn_name(fn: Callable) -> str:

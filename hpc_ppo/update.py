@@ -1,66 +1,84 @@
-"""Advantages and the PPO update over one step's samples (actor, and critic for PPO).
+"""The update stage: optimizers, LR schedulers and the PPO epochs over one step's samples.
 
-Losses are the plain tensor functions of hpc_ppo.algo; this module only batches them:
-`algo.ppo_epochs` passes over shuffled mini-batches, each split into micro-batches (see
-microbatch.py) whose gradients are accumulated with weights that make the sum equal to the
-loss over the whole mini-batch (token share for token-mean, row share for seq-mean).
+    hpc-ppo run configs/tiny-cpu.yaml algo.ppo_epochs=2 algo.mini_batch_size=8    # every step
+
+`Optimization` builds AdamW and its LR schedule for the policy (and the critic for PPO), steps
+them, and names what a checkpoint must hold (`states`). Losses are the plain tensor functions
+of hpc_ppo.algo; this module only batches them: `algo.ppo_epochs` passes over shuffled
+mini-batches, each split into micro-batches (batch.py) whose gradients are accumulated with
+weights that make the sum equal to the loss over the whole mini-batch (token share for
+token-mean, row share for seq-mean). A non-finite gradient norm skips that optimizer step on
+every rank (they all see the same norm) and is visible as a non-finite `*/grad_norm`.
 """
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
 from torch import nn
 
-from hpc_ppo import dist as hdist
-from hpc_ppo import microbatch
-from hpc_ppo.algo.advantages import gae, grpo_advantages, masked_mean, token_level_rewards
-from hpc_ppo.algo.losses import (
-    aggregate,
-    kl_penalty,
-    policy_loss,
-    truncated_is_weights,
-    value_loss,
+from hpc_ppo.algo.losses import aggregate, kl_penalty, policy_loss, truncated_is_weights, value_loss
+from hpc_ppo.batch import (
+    MicroBatching,
+    RolloutBatch,
+    critic_forward,
+    micro_batches,
+    plan_micro_batches,
+    policy_forward,
 )
-from hpc_ppo.batch import RolloutBatch, critic_forward, policy_forward
-from hpc_ppo.config import Config
+from hpc_ppo.checkpoint import Checkpointable
+from hpc_ppo.config import AlgoConfig, OptimConfig
 
 
-def compute_advantages(cfg: Config, batch: RolloutBatch) -> float:
-    """Token rewards and advantages (in place); returns the mean KL to the reference."""
-    a, mask = cfg.algo, batch["response_mask"]
-    kl = None
-    if "ref_logprobs" in batch.t:
-        kl = kl_penalty(batch["old_logprobs"], batch["ref_logprobs"], a.kl_estimator)
-    in_reward = kl is not None and a.kl_mode == "reward"
-    rewards = token_level_rewards(
-        batch["scores"], mask, kl if in_reward else None, a.kl_coef if in_reward else 0.0
+def make_optimizer(name: str, model: nn.Module, oc: OptimConfig) -> Checkpointable:
+    """AdamW over the trainable parameters, linear warmup then constant LR."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=oc.lr, betas=oc.betas, weight_decay=oc.weight_decay)
+    warm = oc.warmup_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
     )
-    if a.name == "ppo":
-        adv, ret = gae(rewards, batch["values"], mask, a.gamma, a.lam)
-        batch["returns"] = ret
-        if a.whiten_advantages:
-            adv = global_whiten(adv, mask)
-    else:
-        adv = grpo_advantages(batch["scores"], cfg.rollout.n, mask)
-    batch["advantages"] = adv
-    return float(masked_mean(kl, mask)) if kl is not None else 0.0
+    return Checkpointable(name, model, opt, sched)
 
 
-class PPOUpdate:
+class Optimization:
     """Optimizer steps for the policy (and critic) over one step's samples on this rank."""
 
     def __init__(
-        self, cfg: Config, policy: nn.Module, actor_opt, critic: nn.Module | None, critic_opt
+        self,
+        algo: AlgoConfig,
+        micro: MicroBatching,
+        mini_batches: int,
+        temperature: float,
+        policy: nn.Module,
+        actor: OptimConfig,
+        critic: nn.Module | None = None,
+        critic_optim: OptimConfig | None = None,
     ):
-        self.cfg, self.policy, self.actor_opt = cfg, policy, actor_opt
-        self.critic, self.critic_opt = critic, critic_opt
+        self.algo, self.micro, self.temperature = algo, micro, temperature
+        self.mini_batches = mini_batches  # trainer.batch_size // algo.mini_batch_size
+        self.actor = make_optimizer("policy", policy, actor)
+        self.actor_clip = actor.grad_clip
+        self.critic = None
+        if critic is not None:
+            if critic_optim is None:
+                raise ValueError("Optimization: a critic needs its OptimConfig (cfg.critic)")
+            self.critic = make_optimizer("critic", critic, critic_optim)
+            self.critic_clip = critic_optim.grad_clip
+
+    @property
+    def states(self) -> list[Checkpointable]:
+        """What a checkpoint holds: each model with its optimizer and LR scheduler."""
+        return [s for s in (self.actor, self.critic) if s is not None]
+
+    @property
+    def lr(self) -> float:
+        return self.actor.scheduler.get_last_lr()[0]
 
     def run(self, batch: RolloutBatch, seed: int) -> dict[str, float]:
-        a, t = self.cfg.algo, self.cfg.trainer
-        num_mini = t.batch_size // a.mini_batch_size
+        """`algo.ppo_epochs` passes of mini-batch steps, then one LR-schedule step."""
+        a, num_mini = self.algo, self.mini_batches
         gen = torch.Generator().manual_seed(seed)
         sums: dict[str, float] = {}
         count = 0
@@ -69,42 +87,36 @@ class PPOUpdate:
             edges = [round(i * len(batch) / num_mini) for i in range(num_mini + 1)]
             for i in range(num_mini):
                 mini = batch.select(order[edges[i] : edges[i + 1]].to(batch["input_ids"].device))
-                parts = microbatch.plan(mini, t.micro_batch_size, t.max_tokens_per_micro_batch)
+                plan = plan_micro_batches(mini, self.micro)
                 start = time.perf_counter()
-                stats = self._actor_step(mini, parts)  # ends in a host sync (grad norm)
+                stats = self._actor_step(mini, plan)  # ends in a host sync (grad norm)
                 stats["time/update_actor"] = (time.perf_counter() - start) * num_mini * a.ppo_epochs
                 if self.critic is not None:
                     start = time.perf_counter()
-                    stats.update(self._critic_step(mini, parts))
+                    stats.update(self._critic_step(mini, plan))
                     stats["time/update_critic"] = (
                         (time.perf_counter() - start) * num_mini * a.ppo_epochs
                     )
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
+        for state in self.states:
+            state.scheduler.step()
         # Means over mini-batches; the time/ entries were scaled so their mean is the total.
         return {k: v / count for k, v in sums.items()}
 
-    def _weights(self, mini: RolloutBatch, parts: list[torch.Tensor]) -> list[float]:
-        mask = mini["response_mask"]
-        if self.cfg.algo.loss_agg == "token-mean":
-            sizes = [float(mask[idx.to(mask.device)].sum()) for idx in parts]
-        else:
-            sizes = [float((mask[idx.to(mask.device)].sum(-1) > 0).sum()) for idx in parts]
-        total = sum(sizes) or 1.0
-        return [s / total for s in sizes]
-
-    def _actor_step(self, mini: RolloutBatch, parts: list[torch.Tensor]) -> dict[str, float]:
-        a = self.cfg.algo
-        self.actor_opt.zero_grad(set_to_none=True)
+    def _actor_step(self, mini: RolloutBatch, plan: list[torch.Tensor]) -> dict[str, float]:
+        a = self.algo
+        self.actor.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
-        for idx, weight in zip(parts, self._weights(mini, parts), strict=True):
-            micro = microbatch.trimmed(mini.select(idx.to(mini["input_ids"].device)))
+        for (_, micro), share in zip(
+            micro_batches(mini, plan), loss_shares(mini, plan, a.loss_agg), strict=True
+        ):
             mask = micro["response_mask"]
             logprobs, entropy = policy_forward(
-                self.policy,
+                self.actor.model,
                 micro,
-                self.cfg.rollout.temperature,
+                self.temperature,
                 with_entropy=True,
                 entropy_grad=a.entropy_coef > 0,
             )
@@ -124,15 +136,15 @@ class PPOUpdate:
             )
             ent = aggregate(entropy, mask, a.loss_agg)
             loss = pg - a.entropy_coef * ent
-            if "ref_logprobs" in micro.t and a.kl_mode == "loss":
+            if "ref_logprobs" in micro and a.kl_mode == "loss":
                 kl = aggregate(
                     kl_penalty(logprobs, micro["ref_logprobs"], a.kl_estimator), mask, a.loss_agg
                 )
                 loss = loss + a.kl_coef * kl
-            (loss * weight).backward()
+            (loss * share).backward()
             _accumulate(
                 sums,
-                weight,
+                share,
                 {
                     "actor/pg_loss": pg,
                     "actor/entropy": ent,
@@ -141,17 +153,19 @@ class PPOUpdate:
                 },
             )
         sums["actor/grad_norm"] = clip_and_step(
-            self.policy, self.actor_opt, self.cfg.actor.grad_clip
+            self.actor.model, self.actor.optimizer, self.actor_clip
         )
         return sums
 
-    def _critic_step(self, mini: RolloutBatch, parts: list[torch.Tensor]) -> dict[str, float]:
-        a = self.cfg.algo
-        self.critic_opt.zero_grad(set_to_none=True)
+    def _critic_step(self, mini: RolloutBatch, plan: list[torch.Tensor]) -> dict[str, float]:
+        a, critic = self.algo, self.critic
+        assert critic is not None
+        critic.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
-        for idx, weight in zip(parts, self._weights(mini, parts), strict=True):
-            micro = microbatch.trimmed(mini.select(idx.to(mini["input_ids"].device)))
-            values = critic_forward(self.critic, micro)
+        for (_, micro), share in zip(
+            micro_batches(mini, plan), loss_shares(mini, plan, a.loss_agg), strict=True
+        ):
+            values = critic_forward(critic.model, micro)
             vf, st = value_loss(
                 values,
                 micro["values"],
@@ -160,20 +174,30 @@ class PPOUpdate:
                 a.value_clip,
                 agg=a.loss_agg,
             )
-            (a.vf_coef * vf * weight).backward()
+            (a.vf_coef * vf * share).backward()
             _accumulate(
                 sums,
-                weight,
+                share,
                 {
                     "critic/vf_loss": vf,
                     "critic/vf_clipfrac": st["vf_clipfrac"],
                     "critic/values_mean": st["value_mean"],
                 },
             )
-        sums["critic/grad_norm"] = clip_and_step(
-            self.critic, self.critic_opt, self.cfg.critic.grad_clip
-        )
+        sums["critic/grad_norm"] = clip_and_step(critic.model, critic.optimizer, self.critic_clip)
         return sums
+
+
+def loss_shares(mini: RolloutBatch, plan: list[torch.Tensor], loss_agg: str) -> list[float]:
+    """Each micro-batch's share of the mini-batch loss: its tokens (token-mean) or its
+    non-empty rows (seq-mean) over the mini-batch's; the shares sum to 1."""
+    mask = mini["response_mask"]
+    if loss_agg == "token-mean":
+        sizes = [float(mask[rows.to(mask.device)].sum()) for rows in plan]
+    else:
+        sizes = [float((mask[rows.to(mask.device)].sum(-1) > 0).sum()) for rows in plan]
+    total = sum(sizes) or 1.0
+    return [s / total for s in sizes]
 
 
 def _accumulate(sums: dict[str, float], weight: float, values: dict[str, torch.Tensor]) -> None:
@@ -182,6 +206,7 @@ def _accumulate(sums: dict[str, float], weight: float, values: dict[str, torch.T
 
 
 def clip_and_step(model: nn.Module, opt: torch.optim.Optimizer, max_norm: float) -> float:
+    """Clip the gradient norm and step; a NaN/inf norm skips the step (and clears the grads)."""
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
     if torch.isfinite(norm):
@@ -189,14 +214,3 @@ def clip_and_step(model: nn.Module, opt: torch.optim.Optimizer, max_norm: float)
     else:  # a NaN/inf gradient would poison the weights; every rank sees the same norm and skips
         opt.zero_grad(set_to_none=True)
     return float(norm)
-
-
-def global_whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Whiten over the masked tokens of all ranks, so every rank scales advantages alike."""
-    s = hdist.all_reduce(
-        [float((x * mask).sum()), float((x * x * mask).sum()), float(mask.sum())], "sum"
-    )
-    n = max(s[2], 1.0)
-    mean = s[0] / n
-    var = max(s[1] / n - mean * mean, 0.0) * n / max(n - 1, 1.0)
-    return (x - mean) / math.sqrt(var + 1e-8) * mask

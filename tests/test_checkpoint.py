@@ -225,9 +225,12 @@ def one_rank():
 
 def _parts(hidden: int) -> list[Checkpointable]:
     cfg = load_config(TINY, [f"model.tiny.hidden_size={hidden}"])
-    tok = build_tokenizer(cfg)
+    tok = build_tokenizer(cfg.model)
     parts = []
-    for name, model in (("policy", load_policy(cfg, tok, 0)), ("critic", load_critic(cfg, tok, 0))):
+    for name, model in (
+        ("policy", load_policy(cfg.model, tok, 0)),
+        ("critic", load_critic(cfg.model, tok, 0)),
+    ):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (s + 1))
         parts.append(Checkpointable(name, model, opt, sched))

@@ -51,7 +51,7 @@ def trained(tmp_path_factory) -> Trained:
     run_dir.mkdir()
     cfg = load_config(TINY)
     save_config(cfg, run_dir / "config.yaml")
-    tok = build_tokenizer(cfg)
+    tok = build_tokenizer(cfg.model)
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{find_free_port()}", rank=0, world_size=1
     )
@@ -59,8 +59,8 @@ def trained(tmp_path_factory) -> Trained:
         parts = []
         ids = torch.tensor([tok("echo: abc").input_ids])
         for name, model in (
-            ("policy", load_policy(cfg, tok, cfg.trainer.seed)),
-            ("critic", load_critic(cfg, tok, cfg.trainer.seed)),
+            ("policy", load_policy(cfg.model, tok, cfg.trainer.seed)),
+            ("critic", load_critic(cfg.model, tok, cfg.trainer.seed)),
         ):
             model = shard(model, torch.device("cpu"), mixed_bf16=False)
             opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -77,7 +77,9 @@ def trained(tmp_path_factory) -> Trained:
 
 def checkpoint_policy(run_dir: Path, step: int) -> torch.nn.Module:
     cfg = load_config(run_dir / "config.yaml")
-    model = load_policy(cfg, build_tokenizer(cfg), cfg.trainer.seed + 100)  # must be overwritten
+    model = load_policy(
+        cfg.model, build_tokenizer(cfg.model), cfg.trainer.seed + 100
+    )  # must be overwritten
     ckpt.load_model_only(ckpt.resolve_step(run_dir, step), "policy", model)
     return model.eval()
 
@@ -97,7 +99,7 @@ def test_export_loads_with_transformers_equals_the_checkpoint_and_generates(
     assert all(torch.equal(exported[k], want[k]) for k in want)
     assert all(torch.equal(exported[k], v) for k, v in trained.policy.items())
     cfg = load_config(trained.run_dir / "config.yaml")
-    init = load_policy(cfg, build_tokenizer(cfg), cfg.trainer.seed).state_dict()
+    init = load_policy(cfg.model, build_tokenizer(cfg.model), cfg.trainer.seed).state_dict()
     assert not torch.equal(init["lm_head.weight"], exported["lm_head.weight"])  # trained
 
     ids = tok("echo: abc", return_tensors="pt").input_ids

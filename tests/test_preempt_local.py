@@ -148,7 +148,7 @@ def test_stopped_twice_and_resumed_equals_uninterrupted_bitwise(tmp_path):
     assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
     # Training moved the weights: equal because it is deterministic, not because nothing ran.
     cfg = load_config(run_a / "config.yaml")
-    fresh = load_policy(cfg, build_tokenizer(cfg), cfg.trainer.seed).state_dict()
+    fresh = load_policy(cfg.model, build_tokenizer(cfg.model), cfg.trainer.seed).state_dict()
     assert not torch.equal(fresh["lm_head.weight"], wa["policy.lm_head.weight"])
 
     ha, hb = history(run_a), history(run_b)

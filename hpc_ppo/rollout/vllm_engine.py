@@ -29,7 +29,8 @@ import torch
 import torch.distributed as dist
 from transformers import PreTrainedTokenizerBase
 
-from hpc_ppo.config import BUILTIN_TINY_MODEL, Config
+from hpc_ppo.config import BUILTIN_TINY_MODEL, ModelConfig, RolloutConfig
+from hpc_ppo.model import tiny_config
 from hpc_ppo.rollout.base import Sample, SamplingSpec
 
 log = logging.getLogger(__name__)
@@ -57,28 +58,24 @@ def point_caches(root: Path) -> dict[str, str]:
     return {var: os.environ[var] for var in CACHE_VARS}
 
 
-def cache_root(cfg: Config, run_dir: Path | None) -> Path:
-    if cfg.rollout.cache_dir:
-        return Path(cfg.rollout.cache_dir).resolve()
-    base = run_dir.parent if run_dir is not None else Path(cfg.trainer.output_dir).resolve()
-    return base / ".cache"  # beside the run folders: every run of this output_dir shares it
+def cache_root(rollout: RolloutConfig, run_dir: Path) -> Path:
+    if rollout.cache_dir:
+        return Path(rollout.cache_dir).resolve()
+    return (
+        run_dir.parent / ".cache"
+    )  # beside the run folders: every run of this output_dir shares it
 
 
-def model_dir(
-    cfg: Config, tokenizer: PreTrainedTokenizerBase, run_dir: Path | None, rank: int
-) -> str:
+def model_dir(mc: ModelConfig, tokenizer: PreTrainedTokenizerBase, run_dir: Path, rank: int) -> str:
     """A directory with config.json: load_format="dummy" needs nothing else.
 
     The built-in model exists only as a config in code, so write it out; one folder per rank,
     so ranks sharing a run folder on a network file system never write the same file.
     """
-    if cfg.model.path != BUILTIN_TINY_MODEL:
-        return cfg.model.path
-    from hpc_ppo.model import _tiny_config
-
-    base = run_dir if run_dir is not None else Path(cfg.trainer.output_dir).resolve()
-    out = base / "vllm-model" / f"rank{rank}"
-    _tiny_config(cfg, tokenizer).save_pretrained(out)
+    if mc.path != BUILTIN_TINY_MODEL:
+        return mc.path
+    out = run_dir / "vllm-model" / f"rank{rank}"
+    tiny_config(mc, tokenizer).save_pretrained(out)
     return str(out)
 
 
@@ -118,7 +115,7 @@ def check_tp(tp: int, world: int) -> None:
         )
 
 
-def check_free_memory(cfg: Config, device: torch.device) -> None:
+def check_free_memory(utilization: float, device: torch.device) -> None:
     """Fail before vLLM starts if what this process (FSDP, ...) already holds leaves too little.
 
     vLLM checks the same thing, but its message names neither our key nor what holds the
@@ -126,13 +123,13 @@ def check_free_memory(cfg: Config, device: torch.device) -> None:
     cache, even when kv_cache_memory_bytes fixes the cache size.
     """
     free, total = torch.cuda.mem_get_info(device)
-    want = cfg.rollout.gpu_memory_utilization * total
+    want = utilization * total
     if free >= want:
         return
     held = torch.cuda.memory_reserved(device)
     fits = math.floor((free / total - 0.02) * 100) / 100
     raise RuntimeError(
-        f"rollout.gpu_memory_utilization={cfg.rollout.gpu_memory_utilization} asks vLLM for "
+        f"rollout.gpu_memory_utilization={utilization} asks vLLM for "
         f"{want / GiB:.1f} GiB of {device}'s {total / GiB:.1f} GiB, but only "
         f"{free / GiB:.1f} GiB are free ({held / GiB:.1f} GiB reserved by this process's "
         "PyTorch tensors, the rest by other processes): "
@@ -169,14 +166,21 @@ def _logprobs_of(logprobs: Any, tokens: Sequence[int]) -> list[float]:
 
 
 class VLLMEngine:
+    """One rank's engine; `run_dir` is the run folder (the built-in model's config.json is
+    written below it, and the caches default to `<its parent>/.cache`)."""
+
     def __init__(
         self,
-        cfg: Config,
+        rollout: RolloutConfig,
+        model: ModelConfig,
         tokenizer: PreTrainedTokenizerBase,
         device: torch.device,
-        run_dir: Path | None = None,
+        *,
+        seed: int,
+        max_prompt_tokens: int,
+        run_dir: Path,
     ):
-        r = cfg.rollout
+        r = rollout
         if device.type != "cuda":
             raise ValueError(f"rollout.engine=vllm needs a CUDA device, got {device}")
         if not dist.is_initialized():
@@ -188,11 +192,11 @@ class VLLMEngine:
         self.eos_id = int(tokenizer.eos_token_id)
         self.device = device
         self.free_cache_engine = r.free_cache_engine
-        self.caches = point_caches(cache_root(cfg, run_dir))
-        check_free_memory(cfg, device)
+        self.caches = point_caches(cache_root(r, run_dir.parent))
+        check_free_memory(r.gpu_memory_utilization, device)
         self.tp = r.tp
         self.tp_group = _tp_group(r.tp)
-        path = model_dir(cfg, tokenizer, run_dir, self.rank)
+        path = model_dir(model, tokenizer, run_dir, self.rank)
 
         from vllm import LLM  # after point_caches: vLLM and FlashInfer read them at import
 
@@ -211,12 +215,12 @@ class VLLMEngine:
             load_format="dummy",  # the first push_weights fills the weights
             skip_tokenizer_init=True,  # token ids in, token ids out
             dtype="bfloat16",
-            seed=cfg.trainer.seed,
+            seed=seed,
             gpu_memory_utilization=r.gpu_memory_utilization,
             enforce_eager=r.enforce_eager,
             logprobs_mode="processed_logprobs",  # after temperature / top-p, as the trainer
             generation_config="vllm",  # ignore generation_config.json: no extra stop ids
-            max_model_len=cfg.data.max_prompt_tokens + r.max_new_tokens,
+            max_model_len=max_prompt_tokens + r.max_new_tokens,
             **{k: v for k, v in optional.items() if v is not None},
         )
         self._asleep = False  # vLLM starts awake; the first cycle's wakes are no-ops

@@ -26,14 +26,20 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from hpc_ppo.batch import collate, forward_in_chunks, policy_forward  # noqa: E402
+from hpc_ppo.batch import (  # noqa: E402
+    MicroBatching,
+    collate,
+    forward_all,
+    plan_micro_batches,
+    policy_forward,
+)
 from hpc_ppo.config import load_config  # noqa: E402
 from hpc_ppo.dist import init_distributed, pick_device  # noqa: E402
 from hpc_ppo.errors import ConfigError  # noqa: E402
 from hpc_ppo.launch.env import resolve_rank_env  # noqa: E402
 from hpc_ppo.model import build_tokenizer, full_state_iter, load_policy, shard  # noqa: E402
 from hpc_ppo.rollout.base import SamplingSpec  # noqa: E402
-from hpc_ppo.rollout.vllm_engine import VLLMEngine  # noqa: E402
+from hpc_ppo.rollout.make import make_engine  # noqa: E402
 
 TEMPERATURE = 0.7  # not 1: the returned logprobs must be the processed (tempered) ones
 
@@ -78,12 +84,12 @@ def main(model_dir: str, work: Path, out: Path) -> None:
         "rollout.max_new_tokens=64",
     ]
     cfg = load_config(None, overrides)
-    tok = build_tokenizer(cfg)
+    tok = build_tokenizer(cfg.model)
     bf16 = torch.bfloat16
     start = time.perf_counter()
-    engine = VLLMEngine(cfg, tok, device, work / "run")
+    engine = make_engine(cfg, tok, device, work / "run")
     results["init"] = {"seconds": round(time.perf_counter() - start, 1), "caches": engine.caches}
-    policy = shard(load_policy(cfg, tok, 0), device, mixed_bf16=True)
+    policy = shard(load_policy(cfg.model, tok, 0), device, mixed_bf16=True)
     params = list(policy.parameters())
     rng = np.random.default_rng(0)
     vocab = policy.config.vocab_size
@@ -108,7 +114,8 @@ def main(model_dir: str, work: Path, out: Path) -> None:
     def gap(samples) -> dict:
         """|engine logprob - FSDP logprob| over response tokens, FSDP as the trainer runs it."""
         batch = collate(samples, [0.0] * len(samples), tok.pad_token_id).to(device)
-        fsdp = forward_in_chunks(policy_forward, policy, batch, 32, temperature=TEMPERATURE)
+        plan = plan_micro_batches(batch, MicroBatching(max_rows=32))
+        fsdp = forward_all(policy_forward, policy, batch, plan, temperature=TEMPERATURE)
         mask = batch["response_mask"].bool()
         d = (batch["engine_logprobs"] - fsdp).abs()[mask].float()
         return {
@@ -198,7 +205,7 @@ def main(model_dir: str, work: Path, out: Path) -> None:
     with section("start_refused") as r:  # this process already holds vLLM + FSDP memory
         hi = load_config(None, [*overrides, "rollout.gpu_memory_utilization=0.95"])
         try:
-            VLLMEngine(hi, tok, device, work / "run-hi")
+            make_engine(hi, tok, device, work / "run-hi")
             r["raised"] = False
         except RuntimeError as e:
             r["raised"], r["message"] = True, str(e)
@@ -211,7 +218,7 @@ def main(model_dir: str, work: Path, out: Path) -> None:
             r["config_raised"], r["config_message"] = True, str(e)
         tp2 = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, tp=2))
         try:
-            VLLMEngine(tp2, tok, device, work / "run-tp2")
+            make_engine(tp2, tok, device, work / "run-tp2")
             r["engine_raised"] = False
         except ValueError as e:
             r["engine_raised"], r["engine_message"] = True, str(e)

@@ -274,7 +274,7 @@ def test_usr2_twice_requeues_resumes_and_ends_bitwise_equal_to_uninterrupted(
     assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
     # Equal because training is deterministic, not because nothing was trained.
     cfg = load_config(ref.run_dir / "config.yaml")
-    fresh = load_policy(cfg, build_tokenizer(cfg), cfg.trainer.seed).state_dict()
+    fresh = load_policy(cfg.model, build_tokenizer(cfg.model), cfg.trainer.seed).state_dict()
     assert not torch.equal(fresh["lm_head.weight"], wa["policy.lm_head.weight"])
 
     ha, hb = history(ref), history(job)
