@@ -127,6 +127,8 @@ def _overrides(a: argparse.Namespace) -> list[str]:
         f"rollout.gpu_memory_utilization={a.util}",
         f"rollout.enforce_eager={str(a.eager).lower()}",
         f"model.dtype={a.dtype}",
+        f"rollout.tp={a.tp}",
+        f"trainer.nprocs={a.tp}",
     ]  # sampling comes from the bench's own SamplingSpec, not from the config
 
 
@@ -163,6 +165,7 @@ def run_inrank(a: argparse.Namespace) -> dict:
     engine.push_weights(full_state_iter(policy, bf16))
     engine.wake_cache()
     prompts = make_prompts(a.prompts, a.prompt_len, SHAPES[a.shape]["vocab_size"], a.seed)
+    prompts = prompts[env.rank :: env.world_size]  # a TP group gathers its ranks' prompts
     spec = SamplingSpec(1, 1.0, 1.0, a.max_new, seed=a.seed)
     engine.generate(prompts[:16], SamplingSpec(1, 1.0, 1.0, 16, seed=a.seed + 1))  # warm-up
     before = _timed(lambda: engine.generate(prompts, spec))  # no sleep/wake cycle yet
@@ -184,8 +187,12 @@ def run_inrank(a: argparse.Namespace) -> dict:
         gc.disable()
     gen_s = _timed(lambda: samples.extend(engine.generate(prompts, spec)))
     gc.enable()
-    tokens = sum(len(s.response_ids) for s in samples)
+    from hpc_ppo import dist as hdist
+
+    tokens, n = hdist.all_reduce([sum(len(s.response_ids) for s in samples), len(samples)], "sum")
     return {
+        "tp": a.tp,
+        "response_len_mean": round(tokens / max(n, 1), 1),
         "mode": a.mode,
         "gc_objects": len(gc.get_objects()),
         "tok_per_s_before_cycle": round(tokens / before, 1),
@@ -276,6 +283,7 @@ def main() -> None:
     p.add_argument("--max-new", type=int, default=512)
     p.add_argument("--util", type=float, default=0.5)
     p.add_argument("--eager", action="store_true", help="no CUDA graphs")
+    p.add_argument("--tp", type=int, default=1, help="inrank: TP size (that many ranks, GPUs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--deadline-s",
@@ -289,8 +297,12 @@ def main() -> None:
     default_dir = Path(a.work_dir) / f"qwen2.5-{a.shape}-shape"
     a.model_dir = str(Path(a.model_dir or default_dir).resolve())
     if a.mode.startswith("inrank"):
-        print("RESULT " + json.dumps(run_inrank(a)), flush=True)
-        return
+        result = run_inrank(a)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print("RESULT " + json.dumps(result), flush=True)
+        sys.stdout.flush()
+        os._exit(0)  # skip vLLM / NCCL teardown
+
     if a.mode.startswith("standalone"):
         print("RESULT " + json.dumps(run_standalone(a)), flush=True)
         return
@@ -316,6 +328,9 @@ def main() -> None:
         if mode == "standalone-inproc":
             env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         cmd = [sys.executable, __file__, *passthrough, "--mode", mode, "--model-dir", a.model_dir]
+        if mode.startswith("inrank") and a.tp > 1:  # one rank per GPU of the TP group
+            launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={a.tp}"]
+            cmd = [*launcher, *cmd[1:]]
         try:
             proc = subprocess.run(
                 cmd, env=env, capture_output=True, text=True, timeout=a.mode_timeout_s

@@ -115,6 +115,12 @@ class RolloutConfig:
         0.5, gt=0.0, lt=1.0, doc="vLLM: share of GPU memory for weights + KV cache"
     )
     enforce_eager: bool = _spec(False, doc="vLLM: disable CUDA graphs")
+    allreduce: str = _spec(
+        "custom",
+        choices=("custom", "fused", "vllm"),
+        doc="vLLM TP>1 all-reduce: custom = CUDA IPC, no fusion; fused = + all-reduce/RMSNorm "
+        "fusion (trtllm); vllm = vLLM's choice (may use NVLink multicast)",
+    )
     free_cache_engine: bool = _spec(True, doc="vLLM: sleep during training")
     kv_cache_memory_bytes: int | None = _spec(
         None, ge=1, doc="vLLM: KV cache size in bytes (null: what gpu_memory_utilization leaves)"

@@ -13,6 +13,8 @@ import contextlib
 import time
 from collections.abc import Iterator
 
+import torch
+
 from hpc_ppo import dist as hdist
 from hpc_ppo.algo.advantages import masked_mean
 from hpc_ppo.batch import RolloutBatch
@@ -38,14 +40,40 @@ class PhaseTimer:
         return {**self.seconds, "step": time.perf_counter() - self.start}
 
 
+GiB = 1024**3
+
+
+def gpu_memory(device: torch.device, engine: object) -> dict[str, float]:
+    """This step's GPU memory on this rank (empty on CPU), then the peak counters are reset.
+
+    `gpu/peak_allocated_gib` / `gpu/peak_reserved_gib`: PyTorch's own peak (training: FSDP
+    parameters, gradients, optimizer state, activations); `gpu/used_rollout_gib`: the whole
+    device in use right after generation (vLLM awake + what training keeps resident), which
+    PyTorch's counters do not see.
+    """
+    if device.type != "cuda":
+        return {}
+    out = {
+        "gpu/peak_allocated_gib": torch.cuda.max_memory_allocated(device) / GiB,
+        "gpu/peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GiB,
+    }
+    used = getattr(engine, "used_bytes_awake", 0)
+    if used:
+        out["gpu/used_rollout_gib"] = used / GiB
+    torch.cuda.reset_peak_memory_stats(device)
+    return out
+
+
 def step_metrics(
     batch: RolloutBatch,
     finished_frac: float,
     update_stats: dict[str, float],
     kl_ref: float,
     timer: PhaseTimer,
+    maxima: dict[str, float] | None = None,
 ) -> dict[str, float]:
-    """Everything logged for one step, identical on every rank (a collective)."""
+    """Everything logged for one step, identical on every rank (a collective). `maxima` are
+    logged as their largest value over ranks (e.g. gpu_memory)."""
     mask = batch["response_mask"]
     local = {
         "actor/kl_ref": kl_ref,
@@ -59,6 +87,8 @@ def step_metrics(
     metrics = dict(zip(local, hdist.all_reduce(list(local.values()), "mean"), strict=True))
     seconds = timer.total()
     slowest = dict(zip(seconds, hdist.all_reduce(list(seconds.values()), "max"), strict=True))
+    if maxima:
+        metrics.update(zip(maxima, hdist.all_reduce(list(maxima.values()), "max"), strict=True))
     all_scores = hdist.all_gather_1d(batch["scores"].cpu())
     tokens = hdist.all_reduce([float(mask.sum()), float(batch["attention_mask"].sum())], "sum")
     metrics["reward/mean"] = float(all_scores.mean())

@@ -25,7 +25,7 @@ from hpc_ppo.checkpoint import Checkpointer
 from hpc_ppo.config import Config, to_dict
 from hpc_ppo.data import Prompt, PromptSampler, encode_prompt, shard_for_rank, task_prompts
 from hpc_ppo.logprobs import old_ref_logprobs_and_values
-from hpc_ppo.metrics import PhaseTimer, step_metrics
+from hpc_ppo.metrics import PhaseTimer, gpu_memory, step_metrics
 from hpc_ppo.model import build_models, build_tokenizer, full_state_iter
 from hpc_ppo.preempt import StopFlag, save_on_stop
 from hpc_ppo.reward import resolve_reward_fn, score_samples
@@ -169,7 +169,8 @@ class Trainer:
         with timer("update"):
             stats = self.optim.run(batch, seed + 1)
         finished = sum(s.finished for s in samples) / len(samples)
-        metrics = step_metrics(batch, finished, stats, kl_ref, timer)
+        memory = gpu_memory(self.device, self.engine)
+        metrics = step_metrics(batch, finished, stats, kl_ref, timer, memory)
         metrics["actor/lr"] = self.optim.lr
         return metrics
 

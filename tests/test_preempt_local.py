@@ -209,7 +209,7 @@ def test_signal_during_rollout_exits_within_one_step(tmp_path):
     # signal could beat the between-steps check and test nothing about rollouts.)
     launch.wait_until(lambda: len(rows(run_dir)) >= 3)
     last = rows(run_dir)[-1]
-    time.sleep(last["time/push"] + 0.25 * last["time/generate"])
+    time.sleep(last["time/wake"] + last["time/push"] + 0.25 * last["time/generate"])
     launch.proc.send_signal(signal.SIGUSR2)
     assert launch.wait() == 0, launch.log
     name, step, save_s, exit_s = _stop_line(launch.log)

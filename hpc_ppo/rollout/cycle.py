@@ -46,11 +46,13 @@ def rollout(
     """`sampling.n` samples per prompt (grouped by prompt, indices into `prompts`), or None
     when `should_stop()` said yes between two chunks (the engine is asleep again either way).
 
-    Timed phases: `push` (wakes and weight push), `generate` (all chunks), `sleep`.
+    Timed phases: `wake` (weights, then KV cache), `push`, `generate` (all chunks), `sleep`.
     """
-    with timer("push"):
+    with timer("wake"):
         engine.wake_weights()
+    with timer("push"):
         engine.push_weights(weights)
+    with timer("wake"):
         engine.wake_cache()
     samples: list[Sample] = []
     stopped = False

@@ -21,6 +21,7 @@ import hashlib
 import logging
 import math
 import os
+import socket
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from transformers import PreTrainedTokenizerBase
 
 from hpc_ppo.config import BUILTIN_TINY_MODEL, ModelConfig, RolloutConfig
 from hpc_ppo.model import tiny_config
+from hpc_ppo.rollout.allreduce import plan_allreduce
 from hpc_ppo.rollout.base import Sample, SamplingSpec
 
 log = logging.getLogger(__name__)
@@ -196,6 +198,14 @@ class VLLMEngine:
         check_free_memory(r.gpu_memory_utilization, device)
         self.tp = r.tp
         self.tp_group = _tp_group(r.tp)
+        hosts = [socket.gethostname()]
+        if self.tp_group is not None:
+            hosts = [None] * r.tp  # type: ignore[list-item]
+            dist.all_gather_object(hosts, socket.gethostname(), group=self.tp_group)
+        plan = plan_allreduce(r.allreduce, r.tp, os.environ, hosts)  # raises before vLLM starts
+        os.environ.update(plan.env)  # read by vLLM when it builds its communicators
+        log.info("rollout all-reduce (rollout.allreduce=%s): %s", r.allreduce, plan.description)
+        self.allreduce = plan.description
         path = model_dir(model, tokenizer, run_dir, self.rank)
 
         from vllm import LLM  # after point_caches: vLLM and FlashInfer read them at import
@@ -206,6 +216,7 @@ class VLLMEngine:
             "max_num_batched_tokens": r.max_num_batched_tokens,
             "enable_prefix_caching": r.enable_prefix_caching,
             "enable_chunked_prefill": r.enable_chunked_prefill,
+            "compilation_config": plan.compilation_config,
         }
         self.llm = LLM(
             model=path,
@@ -224,6 +235,9 @@ class VLLMEngine:
             **{k: v for k, v in optional.items() if v is not None},
         )
         self._asleep = False  # vLLM starts awake; the first cycle's wakes are no-ops
+        self.used_bytes_awake = (
+            0  # device memory in use after the last generate: vLLM awake + training's tensors
+        )
         self._slept_bytes = 0
 
     # ------------------------------------------------------------------ contract
@@ -244,6 +258,8 @@ class VLLMEngine:
                 requests.append({"prompt_token_ids": ids})
                 params.append(sampling_params(spec, index, self.eos_id))
         outputs = self.llm.generate(requests, params, use_tqdm=False) if requests else []
+        free, total = torch.cuda.mem_get_info(self.device)
+        self.used_bytes_awake = total - free
         start = sum(len(block) for block, _ in blocks[:position])
         samples = []
         for index, (ids, out) in enumerate(

@@ -44,11 +44,8 @@ from hpc_ppo.rollout.make import make_engine  # noqa: E402
 TEMPERATURE = 0.7  # not 1: the returned logprobs must be the processed (tempered) ones
 
 
-def main(model_dir: str, work: Path, out: Path) -> None:
-    results: dict = {}
-
-    def save() -> None:
-        out.write_text(json.dumps(results, indent=1, default=float))
+def recorder(results: dict, out: Path):
+    """`with section(name) as r:` records r, ok / the error, and seconds, then writes `out`."""
 
     @contextlib.contextmanager
     def section(name: str):
@@ -60,7 +57,51 @@ def main(model_dir: str, work: Path, out: Path) -> None:
             results[name]["ok"] = False
             results[name]["error"] = traceback.format_exc()[-3000:]
         results[name]["seconds"] = round(time.perf_counter() - start, 3)
-        save()
+        out.write_text(json.dumps(results, indent=1, default=float))
+
+    return section
+
+
+def cycle_times(engine, policy) -> dict:
+    """Seconds of wake_weights, push (bf16, as the trainer pushes) and wake_cache."""
+    times = {}
+    for name, fn in (
+        ("wake_weights", engine.wake_weights),
+        ("push", lambda: engine.push_weights(full_state_iter(policy, torch.bfloat16))),
+        ("wake_cache", engine.wake_cache),
+    ):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times[name + "_s"] = round(time.perf_counter() - t0, 4)
+    return times
+
+
+def logprob_gap(samples, pad_id: int, policy, device, temperature: float) -> dict:
+    """|engine logprob - FSDP logprob| over response tokens, FSDP as the trainer runs it."""
+    batch = collate(samples, [0.0] * len(samples), pad_id).to(device)
+    plan = plan_micro_batches(batch, MicroBatching(max_rows=32))
+    fsdp = forward_all(policy_forward, policy, batch, plan, temperature=temperature)
+    mask = batch["response_mask"].bool()
+    d = (batch["engine_logprobs"] - fsdp).abs()[mask].float()
+    return {
+        "tokens": int(mask.sum()),
+        "mean": float(d.mean()),
+        "median": float(d.median()),
+        "p99": float(torch.quantile(d, 0.99)),
+        "max": float(d.max()),
+        "mean_fsdp_logprob": float(fsdp[mask].mean()),
+    }
+
+
+def main(model_dir: str, work: Path, out: Path) -> None:
+    results: dict = {}
+
+    def save() -> None:
+        out.write_text(json.dumps(results, indent=1, default=float))
+
+    section = recorder(results, out)
 
     env = resolve_rank_env()
     device = pick_device("cuda", env.local_rank)
@@ -85,7 +126,6 @@ def main(model_dir: str, work: Path, out: Path) -> None:
     ]
     cfg = load_config(None, overrides)
     tok = build_tokenizer(cfg.model)
-    bf16 = torch.bfloat16
     start = time.perf_counter()
     engine = make_engine(cfg, tok, device, work / "run")
     results["init"] = {"seconds": round(time.perf_counter() - start, 1), "caches": engine.caches}
@@ -98,34 +138,10 @@ def main(model_dir: str, work: Path, out: Path) -> None:
     save()
 
     def cycle() -> dict:
-        times = {}
-        for name, fn in (
-            ("wake_weights", engine.wake_weights),
-            ("push", lambda: engine.push_weights(full_state_iter(policy, bf16))),
-            ("wake_cache", engine.wake_cache),
-        ):
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            torch.cuda.synchronize()
-            times[name + "_s"] = round(time.perf_counter() - t0, 4)
-        return times
+        return cycle_times(engine, policy)
 
     def gap(samples) -> dict:
-        """|engine logprob - FSDP logprob| over response tokens, FSDP as the trainer runs it."""
-        batch = collate(samples, [0.0] * len(samples), tok.pad_token_id).to(device)
-        plan = plan_micro_batches(batch, MicroBatching(max_rows=32))
-        fsdp = forward_all(policy_forward, policy, batch, plan, temperature=TEMPERATURE)
-        mask = batch["response_mask"].bool()
-        d = (batch["engine_logprobs"] - fsdp).abs()[mask].float()
-        return {
-            "tokens": int(mask.sum()),
-            "mean": float(d.mean()),
-            "median": float(d.median()),
-            "p99": float(torch.quantile(d, 0.99)),
-            "max": float(d.max()),
-            "mean_fsdp_logprob": float(fsdp[mask].mean()),
-        }
+        return logprob_gap(samples, tok.pad_token_id, policy, device, TEMPERATURE)
 
     with section("first_cycle") as r:  # the engine starts awake: the wakes are no-ops
         r.update(cycle())
