@@ -139,6 +139,11 @@ def _to_prompt(row: dict, where: str, prompt_key: str, answer_key: str | None) -
             f"data.prompt_key={prompt_key!r}: {where}: the prompt must be a string, "
             f"got {_type_name(text)}"
         )
+    if not text.strip():
+        raise ConfigError(
+            f"data.prompt_key={prompt_key!r}: {where}: the prompt is empty; remove the row or "
+            "fill in its prompt"
+        )
     if answer_key is None:
         return Prompt(text=text, answer=None)
     if answer_key not in row:

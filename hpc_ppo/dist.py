@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
+from hpc_ppo.errors import PeerFailed, UserCodeError
 from hpc_ppo.launch.env import RankEnv, export_torch_env
+
+T = TypeVar("T")
 
 
 def pick_device(choice: str, local_rank: int) -> torch.device:
@@ -61,3 +66,24 @@ def all_gather_1d(t: torch.Tensor) -> torch.Tensor:
     out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
     dist.all_gather(out, t.contiguous())
     return torch.cat(out)
+
+
+def agree_on_failure(fn: Callable[[], T]) -> T:
+    """Run `fn` on every rank; if it raised UserCodeError on any rank, every rank stops
+    together: that rank re-raises its error (the one report), the others raise PeerFailed.
+
+    Without it a failing rank's exit leaves the others in their next collective, which then
+    dies with a transport error (gloo "Connection closed by peer") that hides the cause.
+    A collective: every rank calls it at the same point.
+    """
+    error: UserCodeError | None = None
+    result = None
+    try:
+        result = fn()
+    except UserCodeError as e:
+        error = e
+    if all_reduce([1.0 if error else 0.0], "max")[0] > 0:
+        if error is not None:
+            raise error
+        raise PeerFailed("another rank failed; its error is the report")
+    return result  # type: ignore[return-value]

@@ -3,3 +3,12 @@
 
 class ConfigError(ValueError):
     """A bad user input; the message names the key, the value and the fix."""
+
+
+class UserCodeError(RuntimeError):
+    """User code (a reward function) failed at run time. The message is the one line a user
+    needs: the function, the exception and the item (a prompt excerpt)."""
+
+
+class PeerFailed(RuntimeError):
+    """Another rank failed with a reported error; this rank stops without a report of its own."""

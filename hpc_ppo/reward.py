@@ -33,7 +33,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from hpc_ppo.data import Prompt, letters_reward
-from hpc_ppo.errors import ConfigError
+from hpc_ppo.errors import ConfigError, UserCodeError
 from hpc_ppo.rollout.base import Sample
 
 RewardFn = Callable[[str, str, str | None], float]
@@ -159,14 +159,15 @@ def score_batch(
         try:
             value = fn(p, r, a)
         except Exception as e:
-            raise RuntimeError(
+            raise UserCodeError(
                 f"reward fn {name} raised on item {i}: {type(e).__name__}: {_one_line(e)}"
+                f" (prompt {_excerpt(p)}, response {_excerpt(r)})"
             ) from e
         # bool is a Real; True/False become 1.0/0.0 through float().
         if not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-            raise RuntimeError(
-                f"reward fn {name} returned {value!r} ({type(value).__name__}) for item {i}; "
-                f"it must return a finite float"
+            raise UserCodeError(
+                f"reward fn {name} returned {_cut(repr(value), 60)} ({type(value).__name__}) "
+                f"for item {i}; it must return a finite float (prompt {_excerpt(p)})"
             )
         scores.append(float(value))
     return scores
@@ -192,6 +193,16 @@ def _fn_name(fn: Callable) -> str:
     module = getattr(fn, "__module__", None)
     qualname = getattr(fn, "__qualname__", None) or repr(fn)
     return f"{module}:{qualname}" if module else qualname
+
+
+def _cut(text: str, limit: int) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _excerpt(text: str, limit: int = 40) -> str:
+    """A short, one-line, quoted excerpt of a prompt or response for an error message."""
+    return repr(_cut(text, limit))
 
 
 def _one_line(e: BaseException) -> str:

@@ -24,6 +24,7 @@ from hpc_ppo.batch import MicroBatching, balance_groups, collate, plan_micro_bat
 from hpc_ppo.checkpoint import Checkpointer
 from hpc_ppo.config import Config, to_dict
 from hpc_ppo.data import Prompt, PromptSampler, encode_prompt, shard_for_rank, task_prompts
+from hpc_ppo.dist import agree_on_failure
 from hpc_ppo.logprobs import old_ref_logprobs_and_values
 from hpc_ppo.metrics import PhaseTimer, gpu_memory, step_metrics
 from hpc_ppo.model import build_models, build_tokenizer, full_state_iter
@@ -112,6 +113,7 @@ class Trainer:
                     metrics["time/save"] = self.save(done, metrics, final=done == t.total_steps)
                     saved = done
                 self.tracker.log_metrics(done - 1, metrics)
+                _warn_skipped_updates(self.rank, done - 1, metrics)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(
@@ -157,8 +159,10 @@ class Trainer:
             # putting the sampler back makes the resumed run redo exactly this step.
             self.sampler.load_state_dict(sampler_state)
             return None
-        with timer("reward"):
-            scores = score_samples(self.reward_fn, self._decode, prompts, samples)
+        with timer("reward"):  # a user function: every rank stops together if one fails
+            scores = agree_on_failure(
+                lambda: score_samples(self.reward_fn, self._decode, prompts, samples)
+            )
         if cfg.trainer.balance_tokens and self.world > 1:
             samples, scores = balance_groups(samples, scores, r.n, self.rank, self.world)
         batch = collate(samples, scores, self.tokenizer.pad_token_id).to(self.device)
@@ -198,6 +202,19 @@ class Trainer:
 
     def _decode(self, ids: list[list[int]]) -> list[str]:
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+def _warn_skipped_updates(rank: int, step: int, metrics: dict[str, float]) -> None:
+    for model in ("actor", "critic"):
+        frac = metrics.get(f"{model}/skipped_updates", 0.0)
+        if rank == 0 and frac > 0:
+            log.warning(
+                "step %d: %.0f%% of the %s's optimizer steps were skipped: the gradient norm was "
+                "not finite (NaN/inf loss or overflow); lower the learning rate or check rewards",
+                step,
+                100 * frac,
+                model,
+            )
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:

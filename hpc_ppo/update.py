@@ -7,12 +7,15 @@ them, and names what a checkpoint must hold (`states`). Losses are the plain ten
 of hpc_ppo.algo; this module only batches them: `algo.ppo_epochs` passes over shuffled
 mini-batches, each split into micro-batches (batch.py) whose gradients are accumulated with
 weights that make the sum equal to the loss over the whole mini-batch (token share for
-token-mean, row share for seq-mean). A non-finite gradient norm skips that optimizer step on
-every rank (they all see the same norm) and is visible as a non-finite `*/grad_norm`.
+token-mean, row share for seq-mean). A non-finite (NaN/inf) gradient norm skips that optimizer
+step on every rank (they all see the same norm): a counted skip, not an error. The step's
+`actor/skipped_updates` / `critic/skipped_updates` is the fraction of its optimizer steps so
+skipped, and the trainer warns whenever it is above 0.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -152,9 +155,9 @@ class Optimization:
                     "actor/approx_kl": st["approx_kl"],
                 },
             )
-        sums["actor/grad_norm"] = clip_and_step(
-            self.actor.model, self.actor.optimizer, self.actor_clip
-        )
+        norm = clip_and_step(self.actor.model, self.actor.optimizer, self.actor_clip)
+        sums["actor/grad_norm"] = norm
+        sums["actor/skipped_updates"] = 0.0 if math.isfinite(norm) else 1.0
         return sums
 
     def _critic_step(self, mini: RolloutBatch, plan: list[torch.Tensor]) -> dict[str, float]:
@@ -184,7 +187,9 @@ class Optimization:
                     "critic/values_mean": st["value_mean"],
                 },
             )
-        sums["critic/grad_norm"] = clip_and_step(critic.model, critic.optimizer, self.critic_clip)
+        norm = clip_and_step(critic.model, critic.optimizer, self.critic_clip)
+        sums["critic/grad_norm"] = norm
+        sums["critic/skipped_updates"] = 0.0 if math.isfinite(norm) else 1.0
         return sums
 
 

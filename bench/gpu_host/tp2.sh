@@ -1,0 +1,25 @@
+# Two GPUs (after setup.sh): full-depth 7B PPO (critic + reference, KL in the reward 0.001),
+# TP=2 rollout with CUDA graphs, through `hpc-ppo run` (2 local ranks), then the 1024-prompt
+# generation on that TP=2 pair. The model dir is written once (about 15 GB).
+#   bash bench/gpu_host/tp2.sh ppo     # 3 PPO steps: phases, MFU, memory, final save
+#   bash bench/gpu_host/tp2.sh gen     # 1024 prompts x 200 tokens -> 512 new, in-rank
+set -o pipefail
+export PYTHONPATH=$HOME/hpc-ppo-site:$PWD PYTHONUNBUFFERED=1
+S=/tmp/hpcppo/s7; M=$S/model-7b-full; mkdir -p $S
+python3 -c "import sys; sys.path.insert(0, '.'); from pathlib import Path; from bench.rollout import write_model_dir; write_model_dir(Path('$M'), shape='7b')"
+case "$1" in
+ppo)
+  timeout 570 python3 bench/step.py --out $S --timeout-s 540 --shape 7b --steps 3 --log $OUT/ppo7b.log \
+    trainer.nprocs=2 rollout.tp=2 algo.name=ppo algo.kl_coef=0.001 algo.kl_mode=reward \
+    model.dtype=bfloat16 model.gradient_checkpointing=true rollout.enforce_eager=false \
+    rollout.gpu_memory_utilization=0.35 rollout.n=2 trainer.batch_size=64 algo.mini_batch_size=32 \
+    trainer.micro_batch_size=16 trainer.max_tokens_per_micro_batch=16384 > $OUT/ppo7b.json 2>&1
+  echo "ppo rc $? at ${SECONDS}s"; tail -c 5000 $OUT/ppo7b.json
+  grep -E "all-reduce|Error|error" $OUT/ppo7b.log | head -20 ;;
+gen)
+  timeout 570 python3 bench/rollout.py --shape 7b --dtype bfloat16 --tp 2 --modes inrank \
+    --prompts 1024 --prompt-len 200 --max-new 512 --util 0.35 --model-dir $M \
+    --work-dir $S/runs --mode-timeout-s 540 > $OUT/gen1024.json 2> $OUT/gen1024.err
+  echo "gen rc $? at ${SECONDS}s"; cat $OUT/gen1024.json; grep "^# " $OUT/gen1024.err | cut -c1-600 ;;
+esac
+df -h /tmp | tail -1; nvidia-smi --query-gpu=memory.used --format=csv,noheader
