@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from hpc_ppo.atomic import atomic_write_text
 from hpc_ppo.errors import ConfigError
 
 BUILTIN_TINY_MODEL = "builtin:tiny-qwen2"
@@ -594,13 +594,8 @@ def dump_yaml(cfg: Config) -> str:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    """Write the resolved config atomically (temp file + rename)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(dump_yaml(cfg))
-        f.flush()
-        os.fsync(f.fileno())  # the data is on disk before the rename publishes it
-    tmp.replace(path)
+    """Write the resolved config atomically (temp file, fsync, rename)."""
+    atomic_write_text(path, dump_yaml(cfg))
 
 
 def reference(obj: Any = None, prefix: str = "") -> list[tuple[str, str, str]]:
