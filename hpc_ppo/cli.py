@@ -17,9 +17,16 @@ import sys
 import time
 from pathlib import Path
 
-from hpc_ppo.config import RESUMABLE_KEYS, Config, dump_yaml, load_config, save_config, to_dict
+from hpc_ppo.config import (
+    RESUMABLE_KEYS,
+    Config,
+    dump_yaml,
+    flatten,
+    load_config,
+    save_config,
+    to_dict,
+)
 from hpc_ppo.errors import ConfigError
-from hpc_ppo.tracking import flatten
 
 
 def _load(args: argparse.Namespace) -> Config | None:

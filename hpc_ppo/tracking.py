@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from hpc_ppo.atomic import atomic_write_text
-from hpc_ppo.config import RESUMABLE_KEYS, TrackingConfig
+from hpc_ppo.config import RESUMABLE_KEYS, TrackingConfig, flatten
 from hpc_ppo.provenance import check_code_version
 
 log = logging.getLogger(__name__)
@@ -63,20 +63,6 @@ class NullTracker:
 
     def close(self, status: Status = "FINISHED", timeout_s: float = 60) -> bool:
         return True
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """{"optim": {"lr": 1e-6}, "stop": [1, 2]} -> {"optim.lr": "1e-06", "stop": "[1, 2]"}."""
-    out: dict[str, str] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        elif isinstance(v, (list, tuple)):
-            out[key] = json.dumps(v, default=str)
-        else:
-            out[key] = str(v)
-    return out
 
 
 def _create_sqlite_store(path: Path) -> None:

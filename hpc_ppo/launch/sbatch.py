@@ -24,7 +24,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import hpc_ppo
-from hpc_ppo.config import Config, load_config, save_config, to_dict, world_errors
+from hpc_ppo.config import (
+    Config,
+    flatten,
+    load_config,
+    save_config,
+    to_dict,
+    world_errors,
+)
 from hpc_ppo.errors import ConfigError
 from hpc_ppo.launch.env import LAUNCHER_VARS
 
@@ -291,8 +298,6 @@ def prepare_run_dir(cfg: Config, run_dir: Path) -> bool:
             ) from None
         new = to_dict(cfg)
         if old != new:
-            from hpc_ppo.tracking import flatten
-
             a, b = flatten(old), flatten(new)
             changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
             shown = ", ".join(f"{k}: {a.get(k)} -> {b.get(k)}" for k in changed[:5])

@@ -1,0 +1,158 @@
+"""hpc_ppo.config.validate: field checks (ranges, choices, finite numbers) and the rules across
+fields, each error one line naming key, value and fix.
+
+Run: python -m pytest tests/config/test_validate.py -q
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from hpc_ppo.config import load_config
+
+
+def test_range_error_names_key_bound_and_range(tiny, errors_of):
+    (line,) = errors_of(tiny, ["rollout.n=0"])
+    assert line.startswith("rollout.n=0")
+    assert ">= 1" in line
+    assert "allowed range [1, 1024]" in line
+
+
+def test_upper_bound_and_open_interval(tiny, errors_of):
+    (line,) = errors_of(tiny, ["rollout.n=2000"])
+    assert "<= 1024" in line and "[1, 1024]" in line
+    (line,) = errors_of(tiny, ["actor.lr=0"])
+    assert line.startswith("actor.lr=0") and "(0.0, 1.0)" in line
+
+
+def test_choice_error_suggests_the_close_one(tiny, errors_of):
+    (line,) = errors_of(tiny, ["algo.name=pp0"])
+    assert line.startswith("algo.name='pp0'")
+    assert "ppo, grpo" in line
+    assert "did you mean ppo" in line
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("algo.mini_batch_size=0", "algo.mini_batch_size=0"),
+        ("trainer.nprocs=0", "trainer.nprocs=0"),
+        ("model.tiny.num_attention_heads=0", "model.tiny.num_attention_heads=0"),
+        ("model.tiny.num_key_value_heads=0", "model.tiny.num_key_value_heads=0"),
+    ],
+)
+def test_zero_divisor_is_a_range_error_not_a_crash(override, key, tiny, errors_of):
+    # Bug fixed: the cross-field divisibility rules raised ZeroDivisionError.
+    (line,) = errors_of(tiny, [override])
+    assert line.startswith(key) and ">= 1" in line
+
+
+@pytest.mark.parametrize("value", ["inf", ".inf", "nan", ".nan"])
+def test_non_finite_float_is_rejected(value, tiny, errors_of):
+    # Bug fixed: weight_decay=inf passed (only a lower bound).
+    (line,) = errors_of(tiny, [f"actor.weight_decay={value}"])
+    assert line.startswith("actor.weight_decay=") and "finite" in line
+
+
+@pytest.mark.parametrize("betas", ["[0.9,1.0]", "[1.5,0.9]", "[-0.1,0.9]", "[nan,0.9]"])
+def test_betas_outside_unit_interval(betas, tiny, errors_of):
+    # Bug fixed: betas were unchecked, so the optimizer failed only after start-up.
+    (line,) = errors_of(tiny, [f"critic.betas={betas}"])
+    assert line.startswith("critic.betas=") and "[0, 1)" in line
+
+
+def test_mini_batch_must_divide_batch(tiny, errors_of):
+    (line,) = errors_of(tiny, ["trainer.batch_size=32", "algo.mini_batch_size=12"])
+    assert "algo.mini_batch_size=12" in line and "trainer.batch_size=32" in line
+    assert "divide" in line
+
+
+def test_mini_batch_must_be_multiple_of_nprocs(tiny, errors_of):
+    (line,) = errors_of(
+        tiny, ["trainer.nprocs=3", "algo.mini_batch_size=8", "trainer.batch_size=24"]
+    )
+    assert "algo.mini_batch_size=8" in line and "trainer.nprocs=3" in line
+    assert "multiple" in line
+
+
+def test_grpo_needs_two_samples(tiny, errors_of):
+    (line,) = errors_of(tiny, ["algo.name=grpo", "rollout.n=1"])
+    assert line.startswith("rollout.n=1") and "GRPO" in line
+    assert load_config(tiny, ["algo.name=grpo", "rollout.n=2"]).algo.name == "grpo"
+
+
+def test_model_path_not_found(tmp_path, tiny, errors_of):
+    missing = tmp_path / "no-such-model"
+    lines = errors_of(tiny, [f"model.path={missing}"])
+    assert len(lines) == 1
+    assert lines[0].startswith(f"model.path={missing}") and "not found" in lines[0]
+
+
+def test_model_path_without_config_json(tmp_path, tiny, errors_of):
+    lines = errors_of(tiny, [f"model.path={tmp_path}"])
+    assert len(lines) == 1
+    assert lines[0].startswith(f"model.path={tmp_path}") and "config.json" in lines[0]
+
+
+def test_model_path_with_config_json_passes(tmp_path, tiny):
+    (tmp_path / "config.json").write_text("{}")
+    assert load_config(tiny, [f"model.path={tmp_path}"]).model.path == str(tmp_path)
+
+
+def test_critic_path_without_config_json(tmp_path, tiny, errors_of):
+    (line,) = errors_of(tiny, [f"model.critic_path={tmp_path}"])
+    assert line.startswith(f"model.critic_path={tmp_path}") and "config.json" in line
+
+
+def test_data_path_missing_file(tmp_path, tiny, errors_of):
+    missing = tmp_path / "nope.jsonl"
+    assert errors_of(tiny, [f"data.path={missing}"]) == [f"data.path={missing}: file not found"]
+
+
+def test_data_path_malformed_jsonl_line_names_file_and_line(tmp_path, tiny, errors_of):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "a", "answer": "b"}\n{"prompt": oops}\n')
+    (line,) = errors_of(tiny, [f"data.path={path}"])
+    assert f"{path}:2:" in line and "invalid JSON" in line
+
+
+def test_data_path_valid_jsonl(tmp_path, tiny):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "a", "answer": "b"}\n')
+    assert load_config(tiny, [f"data.path={path}"]).data.path == str(path)
+
+
+def test_unknown_reward_fn(tiny, errors_of):
+    (line,) = errors_of(tiny, ["reward.fn=leters"])
+    assert line.startswith("reward.fn=leters") and "did you mean 'letters'" in line
+
+
+def test_synthetic_min_len_above_max_len(tiny, errors_of):
+    (line,) = errors_of(tiny, ["data.synthetic.max_len=6", "data.synthetic.min_len=7"])
+    assert "data.synthetic.min_len=7" in line and "data.synthetic.max_len=6" in line
+
+
+def test_tiny_heads_must_divide_hidden(tiny, errors_of):
+    (line,) = errors_of(
+        tiny,
+        [
+            "model.tiny.hidden_size=64",
+            "model.tiny.num_attention_heads=5",
+            "model.tiny.num_key_value_heads=1",
+        ],
+    )
+    assert "model.tiny.num_attention_heads=5" in line and "hidden_size=64" in line
+
+
+def test_vllm_on_cpu(tiny, errors_of):
+    (line,) = errors_of(tiny, ["rollout.engine=vllm"])
+    assert "rollout.engine=vllm" in line and "trainer.device" in line
+
+
+def test_field_and_cross_field_errors_together(tmp_path, tiny, errors_of):
+    lines = errors_of(
+        tiny,
+        ["rollout.n=0", "reward.fn=nope", f"data.path={tmp_path / 'x.jsonl'}"],
+    )
+    assert len(lines) == 3
+    assert sorted(line.split("=")[0] for line in lines) == ["data.path", "reward.fn", "rollout.n"]
