@@ -161,3 +161,28 @@ def test_module_entry_point_exit_code():
     assert proc.stdout == ""
     assert "did you mean actor.lr?" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- validate --launcher
+
+
+def test_validate_checks_slurm_values_and_reports_every_one(capsys):
+    # Bug fixed: `hpc-ppo validate` passed slurm.time=abc; only submit caught it.
+    assert main(["validate", TINY, "slurm.time=abc", "slurm.mem=lots"]) == 2
+    out, err = capsys.readouterr()
+    lines = error_lines(err, TINY)
+    assert out == "" and len(lines) == 2
+    assert lines[0].startswith("slurm.time='abc': expected minutes")
+    assert lines[1].startswith("slurm.mem='lots'")
+
+
+def test_validate_launcher_picks_the_world_checked(capsys):
+    assert main(["validate", TINY, "slurm.nodes=3"]) == 0  # `hpc-ppo run`: 1 rank
+    capsys.readouterr()
+    # the option may stand anywhere among the overrides, like --dry-run
+    assert main(["validate", TINY, "--launcher", "slurm", "slurm.nodes=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == f"error: {TINY}: invalid configuration for Slurm"
+    assert "must be a multiple of the Slurm world size 3" in err
+    assert main(["validate", TINY, "trainer.nprocs=3", "--launcher=local"]) == 2
+    assert "must be a multiple of trainer.nprocs=3" in capsys.readouterr().err

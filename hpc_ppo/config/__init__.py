@@ -26,14 +26,26 @@ from hpc_ppo.config.schema import (
     TrackingConfig,
     TrainerConfig,
 )
-from hpc_ppo.config.validate import validate, world_errors, world_size_for
+from hpc_ppo.config.validate import (
+    LAUNCHERS,
+    Launcher,
+    mini_batch_error,
+    parse_extra_option,
+    time_seconds,
+    tp_error,
+    validate,
+    world_errors,
+    world_size_for,
+)
 
 __all__ = [
     "BUILTIN_TINY_MODEL",
+    "LAUNCHERS",
     "RESUMABLE_KEYS",
     "AlgoConfig",
     "Config",
     "DataConfig",
+    "Launcher",
     "ModelConfig",
     "OptimConfig",
     "RewardConfig",
@@ -46,8 +58,12 @@ __all__ = [
     "dump_yaml",
     "flatten",
     "load_config",
+    "mini_batch_error",
+    "parse_extra_option",
     "save_config",
+    "time_seconds",
     "to_dict",
+    "tp_error",
     "validate",
     "world_errors",
     "world_size_for",

@@ -14,6 +14,7 @@ import difflib
 import json
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,15 +23,21 @@ import yaml
 
 from hpc_ppo.atomic import atomic_write_text
 from hpc_ppo.config.schema import Config
-from hpc_ppo.config.validate import validate
+from hpc_ppo.config.validate import Launcher, validate
 from hpc_ppo.errors import ConfigError
 
 
 def load_config(
-    path: str | Path | None, overrides: list[str] = (), *, check_paths: bool = True
+    path: str | Path | None,
+    overrides: Sequence[str] = (),
+    *,
+    check_paths: bool = True,
+    launcher: Launcher | None = None,
 ) -> Config:
     """Read a YAML file, apply `a.b=value` overrides, build and validate the tree.
 
+    launcher: whose world rules to check as well, see validate.validate ("local" for
+    `hpc-ppo run`, "slurm" for submit / render-sbatch / prepare; None: a saved config read back).
     check_paths=False skips the checks that model.path, model.critic_path and data.path exist
     on this machine (`hpc-ppo submit --dry-run` on a login node without the model).
     """
@@ -56,7 +63,7 @@ def load_config(
         _apply_override(raw, item, errors)
     cfg = _build(Config, raw, "", errors)
     if not errors:
-        errors.extend(validate(cfg, check_paths=check_paths))
+        errors.extend(validate(cfg, launcher=launcher, check_paths=check_paths))
     if errors:
         raise ConfigError("\n".join(errors))
     return cfg

@@ -69,7 +69,9 @@ def test_mini_batch_must_divide_batch(tiny, errors_of):
 
 def test_mini_batch_must_be_multiple_of_nprocs(tiny, errors_of):
     (line,) = errors_of(
-        tiny, ["trainer.nprocs=3", "algo.mini_batch_size=8", "trainer.batch_size=24"]
+        tiny,
+        ["trainer.nprocs=3", "algo.mini_batch_size=8", "trainer.batch_size=24"],
+        launcher="local",
     )
     assert "algo.mini_batch_size=8" in line and "trainer.nprocs=3" in line
     assert "multiple" in line
@@ -156,3 +158,81 @@ def test_field_and_cross_field_errors_together(tmp_path, tiny, errors_of):
     )
     assert len(lines) == 3
     assert sorted(line.split("=")[0] for line in lines) == ["data.path", "reward.fn", "rollout.n"]
+
+
+# ---------------------------------------------------------------- Slurm values (any launcher)
+
+
+@pytest.mark.parametrize("launcher", [None, "local", "slurm"])
+def test_a_malformed_slurm_time_fails_for_every_launcher(tiny, errors_of, launcher):
+    # Bug fixed: only submit / render-sbatch checked slurm.*, so `hpc-ppo validate` passed it.
+    (line,) = errors_of(tiny, ["slurm.time=abc"], launcher=launcher)
+    assert line.startswith("slurm.time='abc': expected minutes, MM:SS, HH:MM:SS, D-HH")
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("99:99:99", "minutes=99 must be below 60"),
+        ("1:60", "seconds=60 must be below 60"),
+        ("1:00:60", "seconds=60 must be below 60"),
+        ("1-24", "hours=24 must be below 24"),
+        ("1-00:60", "minutes=60 must be below 60"),
+        ("1-00:00:60", "seconds=60 must be below 60"),
+    ],
+)
+def test_slurm_time_parts_out_of_range(tiny, errors_of, text, reason):
+    (line,) = errors_of(tiny, [f"slurm.time={text}"])
+    assert line.startswith(f"slurm.time='{text}': {reason}; expected minutes, MM:SS")
+
+
+@pytest.mark.parametrize("text", ["100", "90:00", "48:00:00", "1-23", "2-23:59:59", "0-1:05"])
+def test_slurm_time_leading_part_is_unbounded(tiny, text):
+    assert load_config(tiny, [f"slurm.time={text}"]).slurm.time == text
+
+
+def test_two_bad_slurm_values_are_both_reported(tiny, errors_of):
+    lines = errors_of(tiny, ["slurm.time=99:99:99", "slurm.mem=lots"])
+    assert [line.split("=")[0] for line in lines] == ["slurm.time", "slurm.mem"]
+
+
+# ---------------------------------------------------------------- the launcher's world
+
+
+def test_world_rules_need_the_launcher(tiny, errors_of):
+    """A saved config read back by a rank (launcher None) is not checked against a world: the
+    launcher did that before starting it."""
+    overrides = ["trainer.nprocs=3", "slurm.nodes=3"]  # mini_batch_size=8 divides neither
+    assert load_config(tiny, overrides).trainer.nprocs == 3
+    (line,) = errors_of(tiny, overrides, launcher="local")
+    assert "multiple of trainer.nprocs=3" in line
+    (line,) = errors_of(tiny, overrides, launcher="slurm")
+    assert "multiple of the Slurm world size 3" in line
+
+
+VLLM_TP2 = ["rollout.engine=vllm", "trainer.device=cuda", "rollout.tp=2", "slurm.gpus_per_node=8"]
+
+
+def test_tp_rule_counts_the_ranks_of_the_launcher(tiny, errors_of):
+    # Bug fixed: the local check guessed the launcher from slurm.gpus_per_node, so
+    # `hpc-ppo run` with 1 rank passed rollout.tp=2 whenever a Slurm section asked for GPUs.
+    (line,) = errors_of(tiny, VLLM_TP2, launcher="local")
+    assert line == (
+        "rollout.tp=2 must divide trainer.nprocs=1: each tensor-parallel group is 2"
+        " consecutive ranks; lower rollout.tp or start more ranks"
+    )
+    assert load_config(tiny, [*VLLM_TP2, "trainer.nprocs=2"], launcher="local").rollout.tp == 2
+    assert load_config(tiny, VLLM_TP2, launcher="slurm").slurm.world_size == 8
+    (line,) = errors_of(tiny, [*VLLM_TP2, "rollout.tp=3"], launcher="slurm")
+    assert line.startswith("rollout.tp=3 must divide slurm.gpus_per_node=8")
+
+
+def test_the_engine_checks_tp_with_the_same_rule():
+    from hpc_ppo.config import tp_error
+    from hpc_ppo.rollout.vllm_engine import check_tp
+
+    check_tp(2, 4)
+    with pytest.raises(ValueError) as info:
+        check_tp(2, 3)
+    assert str(info.value) == tp_error(2, 3, "this job's 3 rank(s)")
+    assert str(info.value).startswith("rollout.tp=2 must divide this job's 3 rank(s)")

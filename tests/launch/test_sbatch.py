@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from hpc_ppo.cli import main
-from hpc_ppo.config import load_config
-from hpc_ppo.launch.sbatch import allocation_errors, render_sbatch, slurm_errors
+from hpc_ppo.config import load_config, validate
+from hpc_ppo.launch.sbatch import allocation_errors, render_sbatch
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs" / "tiny-cpu.yaml")
@@ -217,8 +217,8 @@ def test_prepare_checks_the_tasks_slurm_really_gave(tmp_path, monkeypatch, capsy
 
 
 def test_slurm_rules_apply_to_the_slurm_world_only():
-    cfg = load_config(TINY, ["slurm.nodes=3"])  # `hpc-ppo run` (1 rank) is fine
-    assert any("Slurm world size 3" in e for e in slurm_errors(cfg))
+    cfg = load_config(TINY, ["slurm.nodes=3"], launcher="local")  # `hpc-ppo run` (1 rank) is fine
+    assert any("Slurm world size 3" in e for e in validate(cfg, launcher="slurm"))
 
 
 # ---------------------------------------------------------------- hand-written template
