@@ -186,3 +186,14 @@ def test_validate_launcher_picks_the_world_checked(capsys):
     assert "must be a multiple of the Slurm world size 3" in err
     assert main(["validate", TINY, "trainer.nprocs=3", "--launcher=local"]) == 2
     assert "must be a multiple of trainer.nprocs=3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["../escaped", "/tmp/hpc-ppo-escaped", "a/b"])
+def test_run_cannot_create_a_run_folder_outside_output_dir(capsys, tmp_path, monkeypatch, name):
+    # Bug fixed: the run folder was output_dir / run_name, so ../x or an absolute path left it.
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    assert main(["run", TINY, f"trainer.output_dir={runs}", f"trainer.run_name={name}"]) == 2
+    (line,) = error_lines(capsys.readouterr().err, TINY)
+    assert line.startswith(f"trainer.run_name={name!r}: ")
+    assert list(tmp_path.iterdir()) == [] and not Path("/tmp/hpc-ppo-escaped").exists()

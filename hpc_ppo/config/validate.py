@@ -17,6 +17,7 @@ import difflib
 import math
 import re
 import typing
+import unicodedata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +41,7 @@ def validate(
     errors: list[str] = []
     _check_fields(cfg, "", errors)
     _check_cross_fields(cfg, errors, check_paths)
+    errors.extend(run_name_errors(cfg.trainer.run_name))
     errors.extend(slurm_field_errors(cfg.slurm))
     if launcher is not None:
         errors.extend(world_errors(cfg, launcher))
@@ -227,6 +229,29 @@ def _tp_errors(cfg: Config, launcher: Launcher) -> list[str]:
     return [error] if error else []
 
 
+def run_name_errors(name: str | None) -> list[str]:
+    """trainer.run_name names one folder directly under trainer.output_dir: nothing in it may
+    lead outside that folder, hide the run, or break a log or #SBATCH line."""
+    if name is None:
+        return []
+    if not name.strip():
+        problem = "is empty"
+    elif name.startswith(("/", "\\")):
+        problem = "is an absolute path"
+    elif "/" in name or "\\" in name:
+        problem = "contains a path separator"
+    elif name.startswith("."):
+        problem = "starts with a dot (.. leaves trainer.output_dir; .x is hidden)"
+    elif any(unicodedata.category(c) == "Cc" for c in name):
+        problem = "contains a control character (newline, tab, ...)"
+    else:
+        return []
+    return [
+        f"trainer.run_name={name!r}: {problem}; it names one folder under trainer.output_dir:"
+        " use a plain name such as exp1 (or null for <config stem>-<timestamp>)"
+    ]
+
+
 # ---------------------------------------------------------------------------- Slurm
 
 # Slurm's --time formats. A part that follows a larger unit is bounded (hours below 24 after
@@ -344,9 +369,8 @@ def slurm_field_errors(s: SlurmConfig) -> list[str]:
 
 def _slurm_job_errors(cfg: Config) -> list[str]:
     """What only matters when Slurm starts the job (the world rules are in world_errors)."""
-    errors = _one_line_errors(
-        {"trainer.run_name": cfg.trainer.run_name, "trainer.output_dir": cfg.trainer.output_dir}
-    )
+    # trainer.run_name: run_name_errors rejects every control character, for every launcher.
+    errors = _one_line_errors({"trainer.output_dir": cfg.trainer.output_dir})  # --output=
     if cfg.slurm.gpus_per_node == 0 and cfg.rollout.engine == "vllm":
         errors.append(
             "rollout.engine=vllm needs GPUs: set slurm.gpus_per_node (or rollout.engine=hf)"

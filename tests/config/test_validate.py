@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from hpc_ppo.config import load_config
+from hpc_ppo.config import Config, TrainerConfig, load_config, validate
 
 
 def test_range_error_names_key_bound_and_range(tiny, errors_of):
@@ -236,3 +236,35 @@ def test_the_engine_checks_tp_with_the_same_rule():
         check_tp(2, 3)
     assert str(info.value) == tp_error(2, 3, "this job's 3 rank(s)")
     assert str(info.value).startswith("rollout.tp=2 must divide this job's 3 rank(s)")
+
+
+# ---------------------------------------------------------------- trainer.run_name
+
+
+@pytest.mark.parametrize(
+    "name, problem",
+    [
+        ("", "is empty"),
+        ("  ", "is empty"),
+        ("/tmp/elsewhere", "is an absolute path"),
+        ("a/b", "contains a path separator"),
+        ("../up", "contains a path separator"),
+        ("a\\b", "contains a path separator"),
+        ("..", "starts with a dot"),
+        (".hidden", "starts with a dot"),
+        ("a\nb", "contains a control character"),
+        ("a\tb", "contains a control character"),
+        ("a\x00b", "contains a control character"),
+    ],
+)
+def test_run_name_must_be_one_safe_folder_name(name, problem):
+    # Bug fixed: trainer.run_name=../x or /abs put the run folder outside trainer.output_dir.
+    cfg = Config(trainer=TrainerConfig(run_name=name))
+    (line,) = validate(cfg)
+    assert line.startswith(f"trainer.run_name={name!r}: {problem}")
+    assert line.endswith("use a plain name such as exp1 (or null for <config stem>-<timestamp>)")
+
+
+@pytest.mark.parametrize("name", ["exp1", "qwen2.5-0.5b_grpo", "2024", "a b", "x..y", "r;$(q)"])
+def test_run_name_may_hold_any_other_folder_name(name):
+    assert validate(Config(trainer=TrainerConfig(run_name=name))) == []

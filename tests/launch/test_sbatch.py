@@ -162,7 +162,6 @@ def test_no_config_value_runs_as_shell_code(sandbox):
 @pytest.mark.parametrize(
     "override",
     [
-        'trainer.run_name="a\\nb"',
         'slurm.job_name="a\\n#SBATCH --partition=x"',
         'slurm.extra_sbatch=["--comment=a\\ntouch pwned"]',
         'trainer.output_dir="/tmp/a\\rb"',
@@ -173,6 +172,13 @@ def test_newlines_cannot_reach_an_sbatch_line(override, capsys):
     err = capsys.readouterr().err
     key = override.split("=")[0]
     assert f"{key}" in err and "must be one line (it goes into an #SBATCH line)" in err
+
+
+def test_a_newline_in_the_run_name_is_refused(capsys):
+    """The run name is the run folder's name, so the run_name rule reports it."""
+    assert main(["render-sbatch", TINY, 'trainer.run_name="a\\nb"']) == 2
+    err = capsys.readouterr().err
+    assert "trainer.run_name='a\\nb': contains a control character" in err
 
 
 # ---------------------------------------------------------------- prepare
