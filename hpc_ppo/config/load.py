@@ -41,23 +41,7 @@ def load_config(
     check_paths=False skips the checks that model.path, model.critic_path and data.path exist
     on this machine (`hpc-ppo submit --dry-run` on a login node without the model).
     """
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} not found")
-        try:
-            text = p.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{p}: cannot read config file ({e})".replace("\n", " ")) from None
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: invalid YAML: {e}".replace("\n", " ")) from None
-        if not isinstance(raw, dict):
-            raise ConfigError(
-                f"{p}: top level must be a mapping of sections, got {type(raw).__name__}"
-            )
+    raw = {} if path is None else read_yaml(Path(path))
     errors: list[str] = []
     for item in overrides:
         _apply_override(raw, item, errors)
@@ -67,6 +51,72 @@ def load_config(
     if errors:
         raise ConfigError("\n".join(errors))
     return cfg
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The sections of a YAML config file; ConfigError if it is unreadable, not YAML, not a
+    mapping, or gives a key twice (every duplicate, as file:line)."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read config file ({e})".replace("\n", " ")) from None
+    loader = _UniqueKeyLoader(text)
+    try:
+        raw = loader.get_single_data() or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}".replace("\n", " ")) from None
+    finally:
+        loader.dispose()
+    if loader.duplicates:
+        raise ConfigError(
+            "\n".join(
+                f"{path}:{line}: duplicate key {key} (first at line {first}); keep one of them"
+                for key, line, first in loader.duplicates
+            )
+        )
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{path}: top level must be a mapping of sections, got {type(raw).__name__}"
+        )
+    return raw
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that lists every key given twice in one mapping, which PyYAML accepts
+    silently (the last one wins): two `lr:` lines under `actor:` ran with the second."""
+
+    duplicates: list[tuple[str, int, int]] = []  # (dotted key, line, line of the first)
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        self.duplicates = _duplicate_keys(node, "", set())
+        return self.construct_document(node)
+
+
+def _duplicate_keys(node: yaml.Node, prefix: str, seen: set[int]) -> list[tuple[str, int, int]]:
+    if id(node) in seen:  # an alias of a node already walked (or a recursive one)
+        return []
+    seen.add(id(node))
+    found: list[tuple[str, int, int]] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` overrides by design
+                continue
+            key, line = f"{prefix}{key_node.value}", key_node.start_mark.line + 1
+            if key in first:
+                found.append((key, line, first[key]))
+            else:
+                first[key] = line
+            found += _duplicate_keys(value_node, f"{key}.", seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found += _duplicate_keys(item, f"{prefix.removesuffix('.')}[{i}].", seen)
+    return found
 
 
 @dataclass(frozen=True)

@@ -278,3 +278,28 @@ def test_flatten() -> None:
         "model.name": "q",
         "model.lora": "None",
     }
+
+
+# ---------------------------------------------------------------- duplicate keys
+
+
+def test_duplicate_keys_name_the_key_the_file_and_both_lines(tmp_path, errors_of):
+    # Bug fixed: PyYAML keeps the last of two equal keys silently, so the run used actor.lr=2e-4
+    # while the file also said 1e-4.
+    path = write(
+        tmp_path / "c.yaml",
+        "actor:\n  lr: 1e-4\n  weight_decay: 0.1\n  lr: 2e-4\ntrainer:\n  total_steps: 3\n"
+        "trainer:\n  batch_size: 8\nslurm:\n  setup:\n    - {a: 1, a: 2}\n",
+    )
+    assert errors_of(path, []) == [
+        f"{path}:4: duplicate key actor.lr (first at line 2); keep one of them",
+        f"{path}:7: duplicate key trainer (first at line 5); keep one of them",
+        f"{path}:11: duplicate key slurm.setup[0].a (first at line 11); keep one of them",
+    ]
+
+
+def test_a_yaml_merge_key_is_not_a_duplicate(tmp_path):
+    # `<<: *anchor` then a key of the anchor: the override YAML means, not a duplicate.
+    path = write(tmp_path / "c.yaml", "actor: &opt {lr: 1e-4}\ncritic:\n  <<: *opt\n  lr: 3e-5\n")
+    cfg = load_config(path)
+    assert (cfg.actor.lr, cfg.critic.lr) == (1e-4, 3e-5)
