@@ -130,6 +130,13 @@ def test_missing_config_file(capsys, tmp_path, command):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("command", ["validate", "submit", "render-sbatch"])
+def test_a_directory_given_as_the_config_file(capsys, tmp_path, command):
+    # Bug fixed: reported as "not found" although it exists (`hpc-ppo run DIR` resumes one).
+    assert main([command, str(tmp_path)]) == 2
+    assert f"config file {tmp_path} is a directory, expected a YAML file" in capsys.readouterr().err
+
+
 def test_invalid_yaml(capsys, tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("actor: [1,\n  lr: 2\n")

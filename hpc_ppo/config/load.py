@@ -56,6 +56,13 @@ def load_config(
 def read_yaml(path: Path) -> dict[str, Any]:
     """The sections of a YAML config file; ConfigError if it is unreadable, not YAML, not a
     mapping, or gives a key twice (every duplicate, as file:line)."""
+    if path.is_dir():
+        hint = (
+            f" (resume a run folder with: hpc-ppo run {path})"
+            if (path / "config.yaml").is_file()
+            else ""
+        )
+        raise ConfigError(f"config file {path} is a directory, expected a YAML file{hint}")
     if not path.is_file():
         raise ConfigError(f"config file {path} not found")
     try:
@@ -161,11 +168,16 @@ def _build(cls: type, raw: Any, prefix: str, errors: list[str], base: Any = None
     base = cls() if base is None else base
     if raw is None:
         raw = {}
+    names = [f.name for f in dataclasses.fields(cls)]
     if not isinstance(raw, dict):
-        errors.append(f"{prefix.rstrip('.')}: expected a section (mapping), got {raw!r}")
+        section = prefix.rstrip(".")
+        shown = raw.text if isinstance(raw, _Typed) else repr(raw)  # as the user typed it
+        errors.append(
+            f"{section}: expected a section (mapping) of keys such as {section}.{names[0]},"
+            f" got {shown}"
+        )
         return base
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in names:

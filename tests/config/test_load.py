@@ -280,7 +280,7 @@ def test_flatten() -> None:
     }
 
 
-# ---------------------------------------------------------------- duplicate keys
+# ---------------------------------------------------------------- duplicate keys, sections, folders
 
 
 def test_duplicate_keys_name_the_key_the_file_and_both_lines(tmp_path, errors_of):
@@ -303,3 +303,25 @@ def test_a_yaml_merge_key_is_not_a_duplicate(tmp_path):
     path = write(tmp_path / "c.yaml", "actor: &opt {lr: 1e-4}\ncritic:\n  <<: *opt\n  lr: 3e-5\n")
     cfg = load_config(path)
     assert (cfg.actor.lr, cfg.critic.lr) == (1e-4, 3e-5)
+
+
+@pytest.mark.parametrize(
+    "override, shown",
+    [("trainer=8", "8"), ("actor=1e-4", "'1e-4'"), ("model.tiny=2.5", "2.5"), ("data=[1]", "[1]")],
+)
+def test_override_of_a_section_reports_the_value_typed(tiny, errors_of, override, shown):
+    # Bug fixed: the error showed an internal repr, _Typed(value=8, text='8').
+    section = override.split("=")[0]
+    (line,) = errors_of(tiny, [override])
+    assert line.startswith(f"{section}: expected a section (mapping) of keys such as {section}.")
+    assert line.endswith(f", got {shown}") and "_Typed" not in line
+
+
+def test_a_directory_as_the_config_file(tmp_path, errors_of):
+    # Bug fixed: a directory was reported as "not found".
+    assert errors_of(tmp_path, []) == [
+        f"config file {tmp_path} is a directory, expected a YAML file"
+    ]
+    (tmp_path / "config.yaml").write_text("")  # a run folder
+    (line,) = errors_of(tmp_path, [])
+    assert line.endswith(f"expected a YAML file (resume a run folder with: hpc-ppo run {tmp_path})")
