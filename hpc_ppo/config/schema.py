@@ -161,7 +161,9 @@ class TrainerConfig:
     seed: int = _spec(0, ge=0, doc="seeds data order, model init and sampling")
     device: str = _spec("auto", choices=("auto", "cpu", "cuda"))
     output_dir: str = _spec("runs", doc="run folders are created under it")
-    run_name: str | None = _spec(None, doc="default: <config stem>-<timestamp>")
+    run_name: str | None = _spec(
+        None, doc="one folder name under output_dir; default: <config stem>-<timestamp>"
+    )
     micro_batch_size: int = _spec(64, ge=1, doc="rollouts per forward/backward pass per rank")
     max_tokens_per_micro_batch: int | None = _spec(
         None, ge=1, doc="dynamic batching: pack micro-batches up to this many padded tokens"
