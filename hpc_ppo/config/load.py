@@ -94,7 +94,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that lists every key given twice in one mapping, which PyYAML accepts
     silently (the last one wins): two `lr:` lines under `actor:` ran with the second."""
 
-    duplicates: list[tuple[str, int, int]] = []  # (dotted key, line, line of the first)
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[tuple[str, int, int]] = []  # (dotted key, line, first line)
 
     def get_single_data(self) -> Any:
         node = self.get_single_node()
