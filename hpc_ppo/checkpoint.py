@@ -35,6 +35,7 @@ from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from hpc_ppo.atomic import atomic_write_text, fsync_dir
 from hpc_ppo.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -164,12 +165,12 @@ def _commit(pending: PendingSave) -> None:
     if dist.get_rank() == 0:
         tmp = pending.tmp
         final = tmp.with_name(tmp.name.removesuffix(".tmp"))
-        _write_synced(tmp / "trainer.json", json.dumps(pending.state, indent=1))
-        _write_synced(tmp / COMPLETE, f"{time.time()}\n")
+        atomic_write_text(tmp / "trainer.json", json.dumps(pending.state, indent=1))
+        atomic_write_text(tmp / COMPLETE, f"{time.time()}\n", sync_dir=True)
         if final.exists():  # a re-run of the same step after a resume: replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         _prune(pending.run_dir, pending.keep)
     dist.barrier()
 
@@ -293,21 +294,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def _prune(run_dir: Path, keep: int) -> None:
     for step in complete_steps(run_dir, warn=False)[:-keep]:
         shutil.rmtree(checkpoint_root(run_dir) / f"step_{step}", ignore_errors=True)
-
-
-def _write_synced(path: Path, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _short(e: BaseException) -> str:

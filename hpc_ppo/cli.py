@@ -1,6 +1,6 @@
 """`hpc-ppo` command line.
 
-    hpc-ppo validate configs/tiny-cpu.yaml [key=value ...]   # print the resolved config or errors
+    hpc-ppo validate configs/tiny-cpu.yaml [key=value ...] [--launcher slurm]  # resolved config or errors
     hpc-ppo run configs/tiny-cpu.yaml [key=value ...]        # run the job here, without Slurm
     hpc-ppo submit configs/qwen2-7b.yaml [key=value ...] [--dry-run]   # one Slurm job (submitit)
     hpc-ppo render-sbatch configs/qwen2-7b.yaml [key=value ...] [-o FILE]  # a plain sbatch script
@@ -17,19 +17,34 @@ import sys
 import time
 from pathlib import Path
 
-from hpc_ppo.config import RESUMABLE_KEYS, Config, dump_yaml, load_config, save_config, to_dict
+from hpc_ppo.config import (
+    LAUNCHERS,
+    RESUMABLE_KEYS,
+    Config,
+    Launcher,
+    dump_yaml,
+    flatten,
+    load_config,
+    save_config,
+    to_dict,
+)
 from hpc_ppo.errors import ConfigError
-from hpc_ppo.tracking import flatten
 
 
-def _load(args: argparse.Namespace) -> Config | None:
+def _load(args: argparse.Namespace, launcher: Launcher | None) -> Config | None:
+    """The config of `args` checked for `launcher`, or None after printing every error."""
     try:
-        return load_config(args.config, args.overrides)
+        return load_config(args.config, args.overrides, launcher=launcher)
     except ConfigError as e:
-        print(f"error: {args.config}: invalid configuration", file=sys.stderr)
-        for line in str(e).splitlines():
-            print(f"  {line}", file=sys.stderr)
+        _print_errors(args.config, e, launcher)
         return None
+
+
+def _print_errors(config: str, e: ConfigError, launcher: Launcher | None) -> None:
+    where = " for Slurm" if launcher == "slurm" else ""
+    print(f"error: {config}: invalid configuration{where}", file=sys.stderr)
+    for line in str(e).splitlines():
+        print(f"  {line}", file=sys.stderr)
 
 
 def run_dir_for(cfg: Config, config_path: str) -> Path:
@@ -60,7 +75,7 @@ def resume_config(run_dir: Path, overrides: list[str]) -> Config:
             f"{run_dir}: not a run folder (no config.yaml); pass a config file to start a run"
         )
     saved = load_config(saved_path)
-    cfg = load_config(saved_path, overrides)
+    cfg = load_config(saved_path, overrides, launcher="local")
     changed = [k for k, v in flatten(to_dict(cfg)).items() if flatten(to_dict(saved)).get(k) != v]
     refused = [k for k in changed if k not in RESUMABLE_KEYS]
     if refused:
@@ -74,7 +89,7 @@ def resume_config(run_dir: Path, overrides: list[str]) -> Config:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = _load(args, args.launcher)
     if cfg is None:
         return 2
     sys.stdout.write(dump_yaml(cfg))
@@ -87,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             run_dir = Path(args.config).resolve()
             cfg = resume_config(run_dir, args.overrides)
         else:
-            cfg = _load(args)
+            cfg = _load(args, "local")
             if cfg is None:
                 return 2
             run_dir = new_run_dir(cfg, args.config)
@@ -119,28 +134,22 @@ def cmd_export_hf(args: argparse.Namespace) -> int:
 
 
 def _load_for_slurm(args: argparse.Namespace, lenient_paths: str = "") -> Config | None:
-    """`_load` plus the Slurm rules (world size, TP per node, #SBATCH values). With
-    lenient_paths (the note to print), a model.path / data.path missing here is a warning."""
-    from hpc_ppo.launch.sbatch import slurm_errors
-
+    """`_load` with the Slurm world's rules. With lenient_paths (the note to print), a
+    model.path / data.path missing here is a warning when it is the only problem."""
     try:
-        cfg = load_config(args.config, args.overrides)
+        return load_config(args.config, args.overrides, launcher="slurm")
     except ConfigError as strict:
-        if not lenient_paths:
-            return _load(args)
-        try:
-            cfg = load_config(args.config, args.overrides, check_paths=False)
-        except ConfigError:
-            return _load(args)
-        for line in str(strict).splitlines():
-            print(f"warning: {line} ({lenient_paths})", file=sys.stderr)
-    errors = slurm_errors(cfg)
-    if errors:
-        print(f"error: {args.config}: invalid configuration for Slurm", file=sys.stderr)
-        for line in errors:
-            print(f"  {line}", file=sys.stderr)
+        if lenient_paths:
+            try:
+                cfg = load_config(args.config, args.overrides, launcher="slurm", check_paths=False)
+            except ConfigError:
+                pass
+            else:
+                for line in str(strict).splitlines():
+                    print(f"warning: {line} ({lenient_paths})", file=sys.stderr)
+                return cfg
+        _print_errors(args.config, strict, "slurm")
         return None
-    return cfg
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -255,6 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
             "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. actor.lr=1e-6"
         )
         p.set_defaults(fn=fn)
+        if name == "validate":
+            p.add_argument(
+                "--launcher",
+                choices=LAUNCHERS,
+                default="local",
+                help="check the ranks this launcher starts: local (hpc-ppo run, trainer.nprocs;"
+                " the default) or slurm (submit / render-sbatch, slurm.*); the slurm.* values"
+                " themselves are checked either way",
+            )
     p = sub.add_parser("export-hf", help="write a transformers model folder from a checkpoint")
     p.add_argument("run_dir")
     p.add_argument("out")
@@ -290,12 +308,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _options_first(argv: list[str]) -> list[str]:
+    """--dry-run and --launcher may stand anywhere among the key=value overrides; argparse
+    reads them only before the overrides start, so move them there."""
+    command, rest, moved = argv[:1], argv[1:], []
+    i = 0
+    while i < len(rest):
+        if rest[i] == "--dry-run" or rest[i].startswith("--launcher="):
+            moved.append(rest.pop(i))
+        elif rest[i] == "--launcher" and i + 1 < len(rest):
+            moved += [rest.pop(i), rest.pop(i)]
+        else:
+            i += 1
+    return command + moved + rest
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--dry-run" in argv[1:]:  # allowed anywhere among the key=value overrides
-        argv.remove("--dry-run")
-        argv.insert(1, "--dry-run")
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_options_first(argv))
     return args.fn(args)
 
 

@@ -11,6 +11,8 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from hpc_ppo.atomic import atomic_write_text
+
 log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -47,7 +49,7 @@ def check_code_version(run_dir: Path) -> str:
     current = code_version()
     path = run_dir / "code_version"
     if not path.is_file():
-        path.write_text(current + "\n")
+        atomic_write_text(path, current + "\n")  # a resume reads it
     elif (first := path.read_text().strip()) != current:
         log.warning(
             "this run started with hpc-ppo %s and now runs %s: the checkout changed since; "

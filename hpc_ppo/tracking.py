@@ -27,7 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from hpc_ppo.config import RESUMABLE_KEYS, TrackingConfig
+from hpc_ppo.atomic import atomic_write_text
+from hpc_ppo.config import RESUMABLE_KEYS, TrackingConfig, flatten
 from hpc_ppo.provenance import check_code_version
 
 log = logging.getLogger(__name__)
@@ -62,29 +63,6 @@ class NullTracker:
 
     def close(self, status: Status = "FINISHED", timeout_s: float = 60) -> bool:
         return True
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """{"optim": {"lr": 1e-6}, "stop": [1, 2]} -> {"optim.lr": "1e-06", "stop": "[1, 2]"}."""
-    out: dict[str, str] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        elif isinstance(v, (list, tuple)):
-            out[key] = json.dumps(v, default=str)
-        else:
-            out[key] = str(v)
-    return out
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _create_sqlite_store(path: Path) -> None:
@@ -213,7 +191,7 @@ class Tracker:
         new = {k: v for k, v in new.items() if k not in self._params}
         if new:
             self._params.update(new)
-            _write_atomic(self._params_path, json.dumps(self._params, indent=1))
+            atomic_write_text(self._params_path, json.dumps(self._params, indent=1))
             with self._cv:
                 self._pending_params.update(new)
                 self._cv.notify_all()
@@ -321,12 +299,12 @@ class Tracker:
                 else client.create_experiment(self.experiment, artifact_location=self._artifacts)
             )
             run = client.create_run(exp_id, run_name=self.run_name)
-            _write_atomic(self.run_dir / "mlflow_run_id", run.info.run_id + "\n")
+            atomic_write_text(self.run_dir / "mlflow_run_id", run.info.run_id + "\n")
             self._run_id = run.info.run_id
         else:  # a requeued job: what mlflow.start_run(run_id=...) does
             run = client.get_run(self._run_id)
             client.update_run(self._run_id, status="RUNNING")
-            _write_atomic(self.run_dir / "mlflow_run_id", self._run_id + "\n")
+            atomic_write_text(self.run_dir / "mlflow_run_id", self._run_id + "\n")
         self._mlflow_params = dict(run.data.params)
         # Latest metrics carry the highest step per key; we only ever send increasing steps.
         self._mlflow_last = {m.key: m.step for m in run.data.to_proto().metrics}

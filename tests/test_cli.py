@@ -130,6 +130,13 @@ def test_missing_config_file(capsys, tmp_path, command):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("command", ["validate", "submit", "render-sbatch"])
+def test_a_directory_given_as_the_config_file(capsys, tmp_path, command):
+    # Bug fixed: reported as "not found" although it exists (`hpc-ppo run DIR` resumes one).
+    assert main([command, str(tmp_path)]) == 2
+    assert f"config file {tmp_path} is a directory, expected a YAML file" in capsys.readouterr().err
+
+
 def test_invalid_yaml(capsys, tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("actor: [1,\n  lr: 2\n")
@@ -161,3 +168,39 @@ def test_module_entry_point_exit_code():
     assert proc.stdout == ""
     assert "did you mean actor.lr?" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- validate --launcher
+
+
+def test_validate_checks_slurm_values_and_reports_every_one(capsys):
+    # Bug fixed: `hpc-ppo validate` passed slurm.time=abc; only submit caught it.
+    assert main(["validate", TINY, "slurm.time=abc", "slurm.mem=lots"]) == 2
+    out, err = capsys.readouterr()
+    lines = error_lines(err, TINY)
+    assert out == "" and len(lines) == 2
+    assert lines[0].startswith("slurm.time='abc': expected minutes")
+    assert lines[1].startswith("slurm.mem='lots'")
+
+
+def test_validate_launcher_picks_the_world_checked(capsys):
+    assert main(["validate", TINY, "slurm.nodes=3"]) == 0  # `hpc-ppo run`: 1 rank
+    capsys.readouterr()
+    # the option may stand anywhere among the overrides, like --dry-run
+    assert main(["validate", TINY, "--launcher", "slurm", "slurm.nodes=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == f"error: {TINY}: invalid configuration for Slurm"
+    assert "must be a multiple of the Slurm world size 3" in err
+    assert main(["validate", TINY, "trainer.nprocs=3", "--launcher=local"]) == 2
+    assert "must be a multiple of trainer.nprocs=3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["../escaped", "/tmp/hpc-ppo-escaped", "a/b"])
+def test_run_cannot_create_a_run_folder_outside_output_dir(capsys, tmp_path, monkeypatch, name):
+    # Bug fixed: the run folder was output_dir / run_name, so ../x or an absolute path left it.
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    assert main(["run", TINY, f"trainer.output_dir={runs}", f"trainer.run_name={name}"]) == 2
+    (line,) = error_lines(capsys.readouterr().err, TINY)
+    assert line.startswith(f"trainer.run_name={name!r}: ")
+    assert list(tmp_path.iterdir()) == [] and not Path("/tmp/hpc-ppo-escaped").exists()

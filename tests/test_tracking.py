@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from hpc_ppo.tracking import MetricsSink, NullTracker, Tracker, flatten, read_run_id
+from hpc_ppo.tracking import MetricsSink, NullTracker, Tracker, read_run_id
 
 
 def _client(run_dir: Path) -> MlflowClient:
@@ -152,16 +152,6 @@ def test_dead_server_never_blocks_and_jsonl_is_backfilled_later(
     later = _run(tmp_path, range(2, 4))
     assert _history(tmp_path, later.run_id, "loss") == [(s, float(s)) for s in range(4)]
     assert _client(tmp_path).get_run(later.run_id).data.params["seed"] == "0"
-
-
-def test_flatten() -> None:
-    cfg = {"optim": {"lr": 1e-6, "betas": [0.9, 0.95]}, "model": {"name": "q", "lora": None}}
-    assert flatten(cfg) == {
-        "optim.lr": "1e-06",
-        "optim.betas": "[0.9, 0.95]",
-        "model.name": "q",
-        "model.lora": "None",
-    }
 
 
 def test_null_tracker_is_a_metrics_sink() -> None:

@@ -1,4 +1,4 @@
-"""Slurm batch scripts for people who run `sbatch` themselves, and the Slurm rules of a config.
+"""Slurm batch scripts for people who run `sbatch` themselves, and the run folder they use.
 
     hpc-ppo render-sbatch configs/qwen2-7b.yaml slurm.nodes=2 -o job.sbatch && sbatch job.sbatch
 
@@ -16,7 +16,6 @@ not contain a newline. `slurm.setup` lines are the exception by design: they are
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import sys
 import sysconfig
@@ -24,134 +23,23 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import hpc_ppo
-from hpc_ppo.config import Config, load_config, save_config, to_dict, world_errors
+from hpc_ppo.config import (
+    Config,
+    flatten,
+    load_config,
+    mini_batch_error,
+    parse_extra_option,
+    save_config,
+    time_seconds,
+    to_dict,
+)
 from hpc_ppo.errors import ConfigError
 from hpc_ppo.launch.env import LAUNCHER_VARS
-
-# sbatch options hpc-ppo writes itself, and the config key that sets each one.
-_MANAGED_OPTIONS = {
-    "nodes": "slurm.nodes",
-    "ntasks-per-node": "slurm.tasks_per_node",
-    "ntasks": "slurm.nodes and slurm.tasks_per_node",
-    "gpus-per-node": "slurm.gpus_per_node",
-    "gpus-per-task": "slurm.gpu_binding",
-    "cpus-per-task": "slurm.cpus_per_task",
-    "mem": "slurm.mem",
-    "time": "slurm.time",
-    "partition": "slurm.partition",
-    "account": "slurm.account",
-    "qos": "slurm.qos",
-    "constraint": "slurm.constraint",
-    "exclusive": "slurm.exclusive",
-    "job-name": "slurm.job_name",
-    "signal": "slurm.signal_lead_s",
-    "requeue": "slurm.requeue",
-    "no-requeue": "slurm.requeue",
-    "output": "trainer.output_dir (hpc-ppo names the log)",
-    "error": "trainer.output_dir (hpc-ppo names the log)",
-    "open-mode": "nothing: hpc-ppo always appends, so a requeued job keeps its log",
-}
-
-_TIME_FORMATS = (  # Slurm's --time formats, as regexes over (days, hours, minutes, seconds)
-    r"(?P<m>\d+)",
-    r"(?P<m>\d+):(?P<s>\d+)",
-    r"(?P<h>\d+):(?P<m>\d+):(?P<s>\d+)",
-    r"(?P<d>\d+)-(?P<h>\d+)",
-    r"(?P<d>\d+)-(?P<h>\d+):(?P<m>\d+)",
-    r"(?P<d>\d+)-(?P<h>\d+):(?P<m>\d+):(?P<s>\d+)",
-)
-
-
-def time_seconds(text: str) -> int:
-    """Seconds of a Slurm time limit ("90", "1:30:00", "2-00:00:00"); ValueError if malformed."""
-    for pattern in _TIME_FORMATS:
-        m = re.fullmatch(pattern, text.strip())
-        if m:
-            parts = {k: int(v) for k, v in m.groupdict().items() if v is not None}
-            return (
-                parts.get("d", 0) * 86400
-                + parts.get("h", 0) * 3600
-                + parts.get("m", 0) * 60
-                + parts.get("s", 0)
-            )
-    raise ValueError(f"not a Slurm time limit: {text!r}")
 
 
 def time_minutes(text: str) -> int:
     """A Slurm time limit in whole minutes, rounded up (submitit's `time` parameter)."""
     return -(-time_seconds(text) // 60)
-
-
-def parse_extra_option(option: str) -> tuple[str, str | bool]:
-    """`--reservation=x` -> ("reservation", "x"); `--exclusive` -> ("exclusive", True)."""
-    m = re.fullmatch(r"--([A-Za-z][A-Za-z0-9-]*)(?:=(.*))?", option, flags=re.DOTALL)
-    if not m:
-        raise ValueError(option)
-    return m[1], True if m[2] is None else m[2]
-
-
-def slurm_errors(cfg: Config) -> list[str]:
-    """Rules that only matter when Slurm starts the job (`submit`, `render-sbatch`, `prepare`)."""
-    s, r = cfg.slurm, cfg.rollout
-    errors = world_errors(cfg, "slurm")
-    # A newline would end the #SBATCH line and start a shell line of the script.
-    one_line = {
-        "slurm.partition": s.partition,
-        "slurm.account": s.account,
-        "slurm.qos": s.qos,
-        "slurm.constraint": s.constraint,
-        "slurm.mem": s.mem,
-        "slurm.time": s.time,
-        "slurm.job_name": s.job_name,
-        "trainer.run_name": cfg.trainer.run_name,
-        "trainer.output_dir": cfg.trainer.output_dir,
-        **{f"slurm.extra_sbatch[{i}]": v for i, v in enumerate(s.extra_sbatch)},
-    }
-    for key, value in one_line.items():
-        if value is not None and ("\n" in value or "\r" in value):
-            errors.append(f"{key}={value!r}: must be one line (it goes into an #SBATCH line)")
-    try:
-        limit = time_seconds(s.time)
-        if limit <= s.signal_lead_s:
-            errors.append(
-                f"slurm.signal_lead_s={s.signal_lead_s} must be shorter than slurm.time={s.time}"
-                f" ({limit} s): the stop signal would come at the start"
-            )
-    except ValueError:
-        errors.append(
-            f"slurm.time={s.time!r}: expected minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or"
-            " D-HH:MM:SS (e.g. 04:00:00)"
-        )
-    if s.mem is not None and not re.fullmatch(r"\d+[KMGTkmgt]?", s.mem):
-        errors.append(f"slurm.mem={s.mem!r}: expected a size such as 200G or 64000M (per node)")
-    for i, option in enumerate(s.extra_sbatch):
-        key = f"slurm.extra_sbatch[{i}]={option!r}"
-        try:
-            name, _ = parse_extra_option(option)
-        except ValueError:
-            errors.append(f"{key}: expected a long option, --name or --name=value")
-            continue
-        if name in _MANAGED_OPTIONS:
-            errors.append(f"{key}: --{name} is set by hpc-ppo; use {_MANAGED_OPTIONS[name]}")
-    if s.gpus_per_node > 0:
-        if s.tasks_per_node is not None and s.tasks_per_node != s.gpus_per_node:
-            errors.append(
-                f"slurm.tasks_per_node={s.tasks_per_node} must equal slurm.gpus_per_node="
-                f"{s.gpus_per_node} (one task per GPU), or be left unset"
-            )
-        if r.tp >= 1 and s.gpus_per_node % r.tp:
-            errors.append(
-                f"rollout.tp={r.tp} must divide slurm.gpus_per_node={s.gpus_per_node}"
-                " (a tensor-parallel group lives inside one node)"
-            )
-    else:
-        if s.gpu_binding == "task":
-            errors.append("slurm.gpu_binding=task needs slurm.gpus_per_node > 0")
-        if r.engine == "vllm":
-            errors.append(
-                "rollout.engine=vllm needs GPUs: set slurm.gpus_per_node (or rollout.engine=hf)"
-            )
-    return errors
 
 
 def pythonpath_setup() -> list[str]:
@@ -291,8 +179,6 @@ def prepare_run_dir(cfg: Config, run_dir: Path) -> bool:
             ) from None
         new = to_dict(cfg)
         if old != new:
-            from hpc_ppo.tracking import flatten
-
             a, b = flatten(old), flatten(new)
             changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
             shown = ", ".join(f"{k}: {a.get(k)} -> {b.get(k)}" for k in changed[:5])
@@ -322,10 +208,7 @@ def allocation_errors(cfg: Config, environ: Mapping[str, str] | None = None) -> 
     ntasks = environ.get("SLURM_NTASKS")
     if not ntasks or not ntasks.isdigit() or int(ntasks) == cfg.slurm.world_size:
         return []
-    a, world = cfg.algo, int(ntasks)
-    if a.mini_batch_size % world:
-        return [
-            f"algo.mini_batch_size={a.mini_batch_size} must be a multiple of the job's"
-            f" {world} tasks (SLURM_NTASKS; slurm.* asked for {cfg.slurm.world_size})"
-        ]
-    return []
+    world = int(ntasks)
+    tasks = f"the job's {world} tasks (SLURM_NTASKS; slurm.* asked for {cfg.slurm.world_size})"
+    error = mini_batch_error(cfg.algo.mini_batch_size, world, tasks)
+    return [error] if error else []

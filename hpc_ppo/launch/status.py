@@ -15,12 +15,13 @@ an index entry `<output_dir>/.jobs/<job_id>` holding the run folder's path. With
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from hpc_ppo.atomic import atomic_write_text
 
 JOB_INDEX = ".jobs"
 # Metrics shown by `status`, in this order, when the last step logged them.
@@ -34,22 +35,16 @@ MAIN_METRICS = (
 )
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
 def record_job(run_dir: Path, job_id: str) -> None:
     """Remember which run folder job `job_id` runs in: `<run_dir>/slurm/job_id`, and the index
     entry `<output_dir>/.jobs/<job_id>` (a run folder's parent is its output_dir)."""
     run_dir = run_dir.resolve()
-    _write_atomic(run_dir / "slurm" / "job_id", f"{job_id}\n")
-    _write_atomic(run_dir.parent / JOB_INDEX / job_id, f"{run_dir}\n")
+    for path, text in (
+        (run_dir / "slurm" / "job_id", f"{job_id}\n"),
+        (run_dir.parent / JOB_INDEX / job_id, f"{run_dir}\n"),
+    ):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
 
 
 def read_job_id(run_dir: Path) -> str | None:

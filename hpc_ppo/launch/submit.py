@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hpc_ppo.config import Config
-from hpc_ppo.launch.sbatch import job_setup, parse_extra_option, time_minutes
+from hpc_ppo.config import Config, parse_extra_option
+from hpc_ppo.launch.sbatch import job_setup, time_minutes
 from hpc_ppo.launch.status import record_job
 
 # sbatch's error text -> the config key to change, and where to look for valid values.

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from transformers import PreTrainedTokenizerBase
 
-from hpc_ppo.config import BUILTIN_TINY_MODEL, ModelConfig, RolloutConfig
+from hpc_ppo.config import BUILTIN_TINY_MODEL, ModelConfig, RolloutConfig, tp_error
 from hpc_ppo.model import tiny_config
 from hpc_ppo.rollout.allreduce import plan_allreduce
 from hpc_ppo.rollout.base import Sample, SamplingSpec
@@ -109,12 +109,10 @@ def sampling_params(spec: SamplingSpec, index: int, eos_id: int):
 
 
 def check_tp(tp: int, world: int) -> None:
-    if tp < 1 or world % tp:
-        raise ValueError(
-            f"rollout.tp={tp} needs the number of GPU ranks to be a multiple of {tp}, but this "
-            f"job has {world} rank(s) (trainer.nprocs for `hpc-ppo run`, Slurm tasks under "
-            "srun): lower rollout.tp or start more ranks"
-        )
+    """The rule `hpc-ppo validate` checked, against the ranks this job really has."""
+    error = tp_error(tp, world, f"this job's {world} rank(s)")
+    if error:
+        raise ValueError(error)
 
 
 def check_free_memory(utilization: float, device: torch.device) -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from hpc_ppo.cli import main
-from hpc_ppo.config import load_config
-from hpc_ppo.launch.sbatch import allocation_errors, render_sbatch, slurm_errors
+from hpc_ppo.config import load_config, validate
+from hpc_ppo.launch.sbatch import allocation_errors, render_sbatch
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs" / "tiny-cpu.yaml")
@@ -162,7 +162,6 @@ def test_no_config_value_runs_as_shell_code(sandbox):
 @pytest.mark.parametrize(
     "override",
     [
-        'trainer.run_name="a\\nb"',
         'slurm.job_name="a\\n#SBATCH --partition=x"',
         'slurm.extra_sbatch=["--comment=a\\ntouch pwned"]',
         'trainer.output_dir="/tmp/a\\rb"',
@@ -173,6 +172,13 @@ def test_newlines_cannot_reach_an_sbatch_line(override, capsys):
     err = capsys.readouterr().err
     key = override.split("=")[0]
     assert f"{key}" in err and "must be one line (it goes into an #SBATCH line)" in err
+
+
+def test_a_newline_in_the_run_name_is_refused(capsys):
+    """The run name is the run folder's name, so the run_name rule reports it."""
+    assert main(["render-sbatch", TINY, 'trainer.run_name="a\\nb"']) == 2
+    err = capsys.readouterr().err
+    assert "trainer.run_name='a\\nb': contains a control character" in err
 
 
 # ---------------------------------------------------------------- prepare
@@ -217,8 +223,8 @@ def test_prepare_checks_the_tasks_slurm_really_gave(tmp_path, monkeypatch, capsy
 
 
 def test_slurm_rules_apply_to_the_slurm_world_only():
-    cfg = load_config(TINY, ["slurm.nodes=3"])  # `hpc-ppo run` (1 rank) is fine
-    assert any("Slurm world size 3" in e for e in slurm_errors(cfg))
+    cfg = load_config(TINY, ["slurm.nodes=3"], launcher="local")  # `hpc-ppo run` (1 rank) is fine
+    assert any("Slurm world size 3" in e for e in validate(cfg, launcher="slurm"))
 
 
 # ---------------------------------------------------------------- hand-written template

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from hpc_ppo.cli import main
-from hpc_ppo.config import load_config
+from hpc_ppo.config import load_config, time_seconds, validate
+from hpc_ppo.errors import ConfigError
 from hpc_ppo.launch import status, submit
-from hpc_ppo.launch.sbatch import time_minutes, time_seconds
+from hpc_ppo.launch.sbatch import time_minutes
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs" / "tiny-cpu.yaml")
@@ -181,10 +182,8 @@ def test_cli_dry_run_of_the_7b_example_without_slurm_or_model(no_slurm, capsys):
 
 @pytest.mark.parametrize("config", [QWEN7B, GRPO])
 def test_example_configs_load_apart_from_paths(config):
-    cfg = load_config(config, check_paths=False)
-    from hpc_ppo.launch.sbatch import slurm_errors
-
-    assert slurm_errors(cfg) == []
+    cfg = load_config(config, check_paths=False, launcher="slurm")
+    assert validate(cfg, launcher="slurm", check_paths=False) == []
     assert cfg.slurm.world_size == 8 and cfg.rollout.engine == "vllm"
 
 
@@ -231,9 +230,10 @@ def test_slurm_errors_exit_2_and_create_nothing(no_slurm, capsys, overrides, fra
     ],
 )
 def test_gpu_layout_rules(overrides, fragment):
-    from hpc_ppo.launch.sbatch import slurm_errors
-
-    assert any(fragment in e for e in slurm_errors(gpu_cfg(*overrides)))
+    with pytest.raises(ConfigError) as info:
+        load_config(QWEN7B, overrides, check_paths=False, launcher="slurm")
+    errors = str(info.value).splitlines()
+    assert any(fragment in e for e in errors)
 
 
 def test_submit_without_sbatch_exits_1_and_creates_nothing(no_slurm, capsys):

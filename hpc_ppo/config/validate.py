@@ -1,0 +1,387 @@
+"""Every rule a config must meet, in one place: field checks (bounds, choices, finite), rules
+across fields, the Slurm values, and the rules of the world a launcher starts.
+
+    hpc-ppo validate configs/tiny-cpu.yaml                    # the rules for `hpc-ppo run`
+    hpc-ppo validate configs/qwen2-7b.yaml --launcher slurm   # ... for `hpc-ppo submit`
+
+`validate` returns every problem at once, one line each naming the key, the value and the fix.
+The world rules (rank counts) need the launcher: `hpc-ppo run` starts trainer.nprocs ranks,
+Slurm starts slurm.nodes x tasks per node; rules that hold whatever starts the job (a Slurm
+time limit's format included) always run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import typing
+import unicodedata
+from pathlib import Path
+from typing import Any, Literal
+
+from hpc_ppo.config.schema import BUILTIN_TINY_MODEL, Config, SlurmConfig
+from hpc_ppo.errors import ConfigError
+
+Launcher = Literal["local", "slurm"]
+LAUNCHERS: tuple[Launcher, ...] = ("local", "slurm")
+
+
+def validate(
+    cfg: Config, *, launcher: Launcher | None = None, check_paths: bool = True
+) -> list[str]:
+    """All problems with a built config, each one line naming key, value and fix.
+
+    launcher: "local" (`hpc-ppo run`), "slurm" (submit, render-sbatch, prepare), or None: only
+    the rules every launcher shares (a rank reading its run folder's config back; the launcher
+    checked the world before it started the ranks).
+    check_paths=False skips the checks that model and data paths exist on this machine.
+    """
+    errors: list[str] = []
+    _check_fields(cfg, "", errors)
+    _check_cross_fields(cfg, errors, check_paths)
+    errors.extend(run_name_errors(cfg.trainer.run_name))
+    errors.extend(slurm_field_errors(cfg.slurm))
+    if launcher is not None:
+        errors.extend(world_errors(cfg, launcher))
+        errors.extend(_tp_errors(cfg, launcher))
+    if launcher == "slurm":
+        errors.extend(_slurm_job_errors(cfg))
+    return errors
+
+
+def _check_fields(obj: Any, prefix: str, errors: list[str]) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_fields(value, f"{key}.", errors)
+            continue
+        m = f.metadata
+        if m.get("choices") and value not in m["choices"]:
+            close = difflib.get_close_matches(str(value), [str(c) for c in m["choices"]], n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            errors.append(
+                f"{key}={value!r}: must be one of {', '.join(map(str, m['choices']))}{hint}"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            errors.append(f"{key}={value}: must be a finite number")
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            bounds = [
+                (m.get("ge"), ">=", value >= (m.get("ge") or 0)),
+                (m.get("gt"), ">", value > (m.get("gt") or 0)),
+                (m.get("le"), "<=", value <= (m.get("le") or 0)),
+                (m.get("lt"), "<", value < (m.get("lt") or 0)),
+            ]
+            for bound, op, ok in bounds:
+                if bound is not None and not ok:
+                    errors.append(f"{key}={value}: must be {op} {bound}{_range_text(m)}")
+                    break
+
+
+def _range_text(m: typing.Mapping[str, Any]) -> str:
+    lo = (
+        f"[{m['ge']}"
+        if m.get("ge") is not None
+        else f"({m['gt']}"
+        if m.get("gt") is not None
+        else "(-inf"
+    )
+    hi = (
+        f"{m['le']}]"
+        if m.get("le") is not None
+        else f"{m['lt']})"
+        if m.get("lt") is not None
+        else "inf)"
+    )
+    return f" (allowed range {lo}, {hi})"
+
+
+def _check_cross_fields(cfg: Config, errors: list[str], check_paths: bool) -> None:
+    t, a, r = cfg.trainer, cfg.algo, cfg.rollout
+    # Divisors below 1 were already reported by their range check; skip the rule, not crash.
+    if a.mini_batch_size >= 1 and t.batch_size % a.mini_batch_size:
+        errors.append(
+            f"algo.mini_batch_size={a.mini_batch_size} must divide trainer.batch_size={t.batch_size}"
+        )
+    for section in ("actor", "critic"):
+        betas = getattr(cfg, section).betas
+        if not all(0.0 <= b < 1.0 for b in betas):  # also rejects nan
+            errors.append(
+                f"{section}.betas={list(betas)}: each beta must be in [0, 1) (Adam's moment decay rates)"
+            )
+    if a.name == "grpo" and r.n < 2:
+        errors.append(
+            f"rollout.n={r.n}: GRPO needs at least 2 samples per prompt to normalise by group"
+        )
+    if cfg.data.synthetic.min_len > cfg.data.synthetic.max_len:
+        errors.append(
+            f"data.synthetic.min_len={cfg.data.synthetic.min_len} exceeds data.synthetic.max_len={cfg.data.synthetic.max_len}"
+        )
+    m = cfg.model
+    if check_paths and m.path != BUILTIN_TINY_MODEL:
+        if not Path(m.path).is_dir():
+            errors.append(
+                f"model.path={m.path}: directory not found (or use model.path={BUILTIN_TINY_MODEL})"
+            )
+        elif not (Path(m.path) / "config.json").is_file():
+            errors.append(
+                f"model.path={m.path}: no config.json inside; expected a Hugging Face model directory"
+            )
+    if (
+        check_paths
+        and m.critic_path is not None
+        and not (Path(m.critic_path) / "config.json").is_file()
+    ):
+        errors.append(
+            f"model.critic_path={m.critic_path}: no Hugging Face model directory (config.json) there"
+        )
+    if m.path == BUILTIN_TINY_MODEL:
+        tiny = m.tiny
+        if tiny.num_attention_heads >= 1 and tiny.hidden_size % tiny.num_attention_heads:
+            errors.append(
+                f"model.tiny.num_attention_heads={tiny.num_attention_heads} must divide model.tiny.hidden_size={tiny.hidden_size}"
+            )
+        if tiny.num_key_value_heads >= 1 and tiny.num_attention_heads % tiny.num_key_value_heads:
+            errors.append(
+                f"model.tiny.num_key_value_heads={tiny.num_key_value_heads} must divide model.tiny.num_attention_heads={tiny.num_attention_heads}"
+            )
+    if check_paths and cfg.data.path is not None:
+        from hpc_ppo.data import validate_prompt_file
+
+        try:
+            validate_prompt_file(cfg.data.path, cfg.data.prompt_key, cfg.data.answer_key)
+        except ConfigError as e:
+            errors.append(str(e))
+    from hpc_ppo.reward import resolve_reward_fn
+
+    try:
+        resolve_reward_fn(cfg.reward.fn)
+    except ConfigError as e:
+        errors.append(str(e))
+    if r.engine == "vllm" and t.device == "cpu":
+        errors.append(
+            "rollout.engine=vllm needs trainer.device=cuda (or auto on a GPU node); use rollout.engine=hf on CPU"
+        )
+
+
+def world_size_for(cfg: Config, launcher: Launcher) -> int:
+    """Ranks of a job of `cfg`: trainer.nprocs under `hpc-ppo run` ("local"), slurm.nodes x
+    tasks per node under `hpc-ppo submit` or a rendered sbatch script ("slurm")."""
+    if launcher == "local":
+        return cfg.trainer.nprocs
+    if launcher == "slurm":
+        return cfg.slurm.world_size
+    raise ValueError(f"launcher={launcher!r}: expected one of {', '.join(LAUNCHERS)}")
+
+
+def world_errors(cfg: Config, launcher: Launcher) -> list[str]:
+    """Batch rules for the world `launcher` starts: every rank takes an equal share of each
+    mini-batch (so also of the step's batch, which mini-batches divide)."""
+    a, world = cfg.algo, world_size_for(cfg, launcher)
+    if launcher == "local":
+        source = f"trainer.nprocs={world}"
+    else:
+        s = cfg.slurm
+        source = f"the Slurm world size {world} (slurm.nodes={s.nodes} x {s.ntasks_per_node} tasks per node)"
+    error = mini_batch_error(a.mini_batch_size, world, source)
+    return [error] if error else []
+
+
+def mini_batch_error(mini_batch_size: int, world: int, world_is: str) -> str | None:
+    """The batch rule for `world` ranks, checked before launch (`world_errors`) and inside a
+    batch job for the tasks Slurm really gave (launch/sbatch.py allocation_errors)."""
+    # Divisors below 1 were already reported by their range check.
+    if world < 1 or mini_batch_size < 1 or mini_batch_size % world == 0:
+        return None
+    return (
+        f"algo.mini_batch_size={mini_batch_size} must be a multiple of {world_is}"
+        " (every rank takes an equal share of each mini-batch)"
+    )
+
+
+def tp_error(tp: int, ranks: int, ranks_are: str) -> str | None:
+    """The rollout.tp rule, checked before launch (`validate`) and again by every rank
+    (rollout/vllm_engine.py): vLLM makes tensor-parallel groups of rollout.tp consecutive
+    ranks, so `ranks` must be a multiple of it. `ranks_are` says which ranks are counted."""
+    if tp >= 1 and ranks % tp == 0:
+        return None
+    return (
+        f"rollout.tp={tp} must divide {ranks_are}: each tensor-parallel group is {tp}"
+        " consecutive ranks; lower rollout.tp or start more ranks"
+    )
+
+
+def _tp_errors(cfg: Config, launcher: Launcher) -> list[str]:
+    r, s = cfg.rollout, cfg.slurm
+    if r.engine != "vllm" or r.tp < 1:  # hf has no TP; tp < 1 was reported by its range
+        return []
+    if launcher == "local":
+        error = tp_error(r.tp, cfg.trainer.nprocs, f"trainer.nprocs={cfg.trainer.nprocs}")
+    elif s.gpus_per_node > 0:  # else _slurm_job_errors says vLLM needs GPUs
+        # A group must live inside one node; tasks per node equal GPUs per node (checked).
+        where = f"slurm.gpus_per_node={s.gpus_per_node} (a group lives inside one node)"
+        error = tp_error(r.tp, s.gpus_per_node, where)
+    else:
+        error = None
+    return [error] if error else []
+
+
+def run_name_errors(name: str | None) -> list[str]:
+    """trainer.run_name names one folder directly under trainer.output_dir: nothing in it may
+    lead outside that folder, hide the run, or break a log or #SBATCH line."""
+    if name is None:
+        return []
+    if not name.strip():
+        problem = "is empty"
+    elif name.startswith(("/", "\\")):
+        problem = "is an absolute path"
+    elif "/" in name or "\\" in name:
+        problem = "contains a path separator"
+    elif name.startswith("."):
+        problem = "starts with a dot (.. leaves trainer.output_dir; .x is hidden)"
+    elif any(unicodedata.category(c) == "Cc" for c in name):
+        problem = "contains a control character (newline, tab, ...)"
+    else:
+        return []
+    return [
+        f"trainer.run_name={name!r}: {problem}; it names one folder under trainer.output_dir:"
+        " use a plain name such as exp1 (or null for <config stem>-<timestamp>)"
+    ]
+
+
+# ---------------------------------------------------------------------------- Slurm
+
+# Slurm's --time formats. A part that follows a larger unit is bounded (hours below 24 after
+# days, minutes and seconds below 60); the leading part is not (90 minutes, 48:00:00).
+_TIME_FORMATS = (
+    r"(?P<m>\d+)",
+    r"(?P<m>\d+):(?P<s>\d+)",
+    r"(?P<h>\d+):(?P<m>\d+):(?P<s>\d+)",
+    r"(?P<d>\d+)-(?P<h>\d+)",
+    r"(?P<d>\d+)-(?P<h>\d+):(?P<m>\d+)",
+    r"(?P<d>\d+)-(?P<h>\d+):(?P<m>\d+):(?P<s>\d+)",
+)
+_TIME_BOUNDS = {"h": ("hours", 24), "m": ("minutes", 60), "s": ("seconds", 60)}
+_TIME_HELP = "expected minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS (e.g. 04:00:00)"
+
+# sbatch options hpc-ppo writes itself, and the config key that sets each one.
+_MANAGED_OPTIONS = {
+    "nodes": "slurm.nodes",
+    "ntasks-per-node": "slurm.tasks_per_node",
+    "ntasks": "slurm.nodes and slurm.tasks_per_node",
+    "gpus-per-node": "slurm.gpus_per_node",
+    "gpus-per-task": "slurm.gpu_binding",
+    "cpus-per-task": "slurm.cpus_per_task",
+    "mem": "slurm.mem",
+    "time": "slurm.time",
+    "partition": "slurm.partition",
+    "account": "slurm.account",
+    "qos": "slurm.qos",
+    "constraint": "slurm.constraint",
+    "exclusive": "slurm.exclusive",
+    "job-name": "slurm.job_name",
+    "signal": "slurm.signal_lead_s",
+    "requeue": "slurm.requeue",
+    "no-requeue": "slurm.requeue",
+    "output": "trainer.output_dir (hpc-ppo names the log)",
+    "error": "trainer.output_dir (hpc-ppo names the log)",
+    "open-mode": "nothing: hpc-ppo always appends, so a requeued job keeps its log",
+}
+
+
+def time_seconds(text: str) -> int:
+    """Seconds of a Slurm time limit ("90", "1:30:00", "2-00:00:00"); ValueError, with the
+    reason, if malformed or a part is out of range ("1:99:00")."""
+    for pattern in _TIME_FORMATS:
+        m = re.fullmatch(pattern, text.strip())
+        if not m:
+            continue
+        parts = {k: int(v) for k, v in m.groupdict().items()}
+        leading = next(iter(parts))
+        for unit, (name, bound) in _TIME_BOUNDS.items():
+            if unit != leading and parts.get(unit, 0) >= bound:
+                raise ValueError(f"{name}={parts[unit]} must be below {bound}; {_TIME_HELP}")
+        return (
+            parts.get("d", 0) * 86400
+            + parts.get("h", 0) * 3600
+            + parts.get("m", 0) * 60
+            + parts.get("s", 0)
+        )
+    raise ValueError(_TIME_HELP)
+
+
+def parse_extra_option(option: str) -> tuple[str, str | bool]:
+    """`--reservation=x` -> ("reservation", "x"); `--exclusive` -> ("exclusive", True)."""
+    m = re.fullmatch(r"--([A-Za-z][A-Za-z0-9-]*)(?:=(.*))?", option, flags=re.DOTALL)
+    if not m:
+        raise ValueError(option)
+    return m[1], True if m[2] is None else m[2]
+
+
+def slurm_field_errors(s: SlurmConfig) -> list[str]:
+    """The slurm.* values on their own: wrong whatever launcher runs the config, so checked
+    by `hpc-ppo validate` and `run` too, not first at submit."""
+    errors = _one_line_errors(
+        {
+            "slurm.partition": s.partition,
+            "slurm.account": s.account,
+            "slurm.qos": s.qos,
+            "slurm.constraint": s.constraint,
+            "slurm.mem": s.mem,
+            "slurm.time": s.time,
+            "slurm.job_name": s.job_name,
+            **{f"slurm.extra_sbatch[{i}]": v for i, v in enumerate(s.extra_sbatch)},
+        }
+    )
+    try:
+        limit = time_seconds(s.time)
+        if limit <= s.signal_lead_s:
+            errors.append(
+                f"slurm.signal_lead_s={s.signal_lead_s} must be shorter than slurm.time={s.time}"
+                f" ({limit} s): the stop signal would come at the start"
+            )
+    except ValueError as e:
+        errors.append(f"slurm.time={s.time!r}: {e}")
+    if s.mem is not None and not re.fullmatch(r"\d+[KMGTkmgt]?", s.mem):
+        errors.append(f"slurm.mem={s.mem!r}: expected a size such as 200G or 64000M (per node)")
+    for i, option in enumerate(s.extra_sbatch):
+        key = f"slurm.extra_sbatch[{i}]={option!r}"
+        try:
+            name, _ = parse_extra_option(option)
+        except ValueError:
+            errors.append(f"{key}: expected a long option, --name or --name=value")
+            continue
+        if name in _MANAGED_OPTIONS:
+            errors.append(f"{key}: --{name} is set by hpc-ppo; use {_MANAGED_OPTIONS[name]}")
+    if s.gpus_per_node > 0:
+        if s.tasks_per_node is not None and s.tasks_per_node != s.gpus_per_node:
+            errors.append(
+                f"slurm.tasks_per_node={s.tasks_per_node} must equal slurm.gpus_per_node="
+                f"{s.gpus_per_node} (one task per GPU), or be left unset"
+            )
+    elif s.gpu_binding == "task":
+        errors.append("slurm.gpu_binding=task needs slurm.gpus_per_node > 0")
+    return errors
+
+
+def _slurm_job_errors(cfg: Config) -> list[str]:
+    """What only matters when Slurm starts the job (the world rules are in world_errors)."""
+    # trainer.run_name: run_name_errors rejects every control character, for every launcher.
+    errors = _one_line_errors({"trainer.output_dir": cfg.trainer.output_dir})  # --output=
+    if cfg.slurm.gpus_per_node == 0 and cfg.rollout.engine == "vllm":
+        errors.append(
+            "rollout.engine=vllm needs GPUs: set slurm.gpus_per_node (or rollout.engine=hf)"
+        )
+    return errors
+
+
+def _one_line_errors(values: dict[str, str | None]) -> list[str]:
+    # A newline would end the #SBATCH line and start a shell line of the script.
+    return [
+        f"{key}={value!r}: must be one line (it goes into an #SBATCH line)"
+        for key, value in values.items()
+        if value is not None and ("\n" in value or "\r" in value)
+    ]
