@@ -29,6 +29,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from hpc_ppo.atomic import atomic_write_text
 from hpc_ppo.config import RESUMABLE_KEYS, TrackingConfig, flatten
+from hpc_ppo.mlflow_store import create_sqlite_store
 from hpc_ppo.provenance import check_code_version
 
 log = logging.getLogger(__name__)
@@ -63,37 +64,6 @@ class NullTracker:
 
     def close(self, status: Status = "FINISHED", timeout_s: float = 60) -> bool:
         return True
-
-
-def _create_sqlite_store(path: Path) -> None:
-    """Build MLflow's sqlite schema under a temporary name, then rename it into place.
-
-    MLflow creates the schema through many separately committed migrations; a kill half-way
-    left a store every later job failed on ("out-of-date database schema"). Now the store is
-    either absent (and rebuilt) or complete.
-    """
-    if path.exists():
-        return
-    from mlflow import MlflowClient
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.init")
-    tmp.unlink(missing_ok=True)
-    uri = f"sqlite:///{tmp}"
-    MlflowClient(tracking_uri=uri).search_experiments()  # runs every migration
-    _dispose_sqlite_engines(uri)
-    os.replace(tmp, path)
-
-
-def _dispose_sqlite_engines(uri: str) -> None:
-    """Close and forget MLflow's cached SQLAlchemy engine for `uri` (the temporary file)."""
-    try:
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-        engine = SqlAlchemyStore._engine_map.pop(uri, None)
-        if engine is not None:
-            engine.dispose()
-    except Exception:  # an internal detail of MLflow: closing is a courtesy, not a need
-        pass
 
 
 def read_run_id(run_dir: str | Path) -> str | None:
@@ -289,7 +259,7 @@ class Tracker:
         from mlflow import MlflowClient
 
         if self.uri == self._default_uri:
-            _create_sqlite_store(self.run_dir / "mlflow.db")
+            create_sqlite_store(self.run_dir / "mlflow.db")
         client = MlflowClient(tracking_uri=self.uri)
         if self._run_id is None:
             exp = client.get_experiment_by_name(self.experiment)

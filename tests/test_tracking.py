@@ -166,17 +166,17 @@ def test_sqlite_store_appears_complete_or_not_at_all(tmp_path):
     break the store for good) leaves no mlflow.db, only a stray temporary file."""
     from mlflow import MlflowClient
 
-    from hpc_ppo.tracking import _create_sqlite_store
+    from hpc_ppo.mlflow_store import create_sqlite_store
 
     stray = tmp_path / ".mlflow.db.999.init"
     stray.write_bytes(b"half a schema")  # what a killed creation leaves behind
     store = tmp_path / "mlflow.db"
-    _create_sqlite_store(store)
+    create_sqlite_store(store)
     assert store.is_file()
     assert not list(tmp_path.glob(f".mlflow.db.{os.getpid()}.init"))
     client = MlflowClient(tracking_uri=f"sqlite:///{store}")
     exp = client.create_experiment("x")
     assert client.get_experiment(exp).name == "x"
     before = store.stat().st_mtime_ns
-    _create_sqlite_store(store)  # an existing store is left alone
+    create_sqlite_store(store)  # an existing store is left alone
     assert store.stat().st_mtime_ns == before
