@@ -260,7 +260,10 @@ class Checkpointer:
 def load_model_only(path: Path, name: str, model: nn.Module) -> None:
     """Fill a plain (unsharded, single-process) model from a checkpoint: for export."""
     sd = {name: {"model": model.state_dict()}}
-    dcp.load(sd, checkpoint_id=str(path), no_dist=True)
+    try:
+        dcp.load(sd, checkpoint_id=str(path), no_dist=True)
+    except (Exception, CheckpointException) as e:  # DCP's is a BaseException
+        raise ConfigError(f"checkpoint {path} does not fit the run's model: {_short(e)}") from None
     model.load_state_dict(sd[name]["model"])
 
 
