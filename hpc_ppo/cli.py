@@ -125,7 +125,7 @@ def cmd_export_hf(args: argparse.Namespace) -> int:
     from hpc_ppo.export import export_hf
 
     try:
-        path = export_hf(Path(args.run_dir).resolve(), Path(args.out), args.step)
+        path = export_hf(Path(args.run_dir).resolve(), Path(args.out), args.step, args.dtype)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -273,10 +273,23 @@ def build_parser() -> argparse.ArgumentParser:
                 " the default) or slurm (submit / render-sbatch, slurm.*); the slurm.* values"
                 " themselves are checked either way",
             )
-    p = sub.add_parser("export-hf", help="write a transformers model folder from a checkpoint")
-    p.add_argument("run_dir")
-    p.add_argument("out")
+    p = sub.add_parser(
+        "export-hf",
+        help="write a transformers model folder from a checkpoint",
+        description="Write the policy at a checkpoint as a transformers model folder (config, "
+        "tokenizer, safetensors) that AutoModelForCausalLM.from_pretrained loads. Runs in one "
+        "process on the CPU, whatever the number of ranks that saved the checkpoint.",
+    )
+    p.add_argument("run_dir", help="the run folder (holds config.yaml and checkpoints/)")
+    p.add_argument("out", help="a new or empty folder")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    p.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16"),
+        default="auto",
+        help="weights dtype (auto: the run's model.dtype; bfloat16 halves a fp32 run's size "
+        "and the memory the export needs)",
+    )
     p.set_defaults(fn=cmd_export_hf)
     for name, fn, text in (
         ("submit", cmd_submit, "submit the job to Slurm (submitit; one task per GPU)"),

@@ -9,6 +9,8 @@ number of ranks that wrote it.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 
 import torch
@@ -35,8 +37,10 @@ def load_run_weights(run_dir: Path, step: int | None = None) -> dict[str, torch.
     return out
 
 
-def export_hf(run_dir: Path, out: Path, step: int | None = None) -> Path:
-    """Write config, tokenizer and safetensors of the policy at `step` (default: newest)."""
+def export_hf(run_dir: Path, out: Path, step: int | None = None, dtype: str = "auto") -> Path:
+    """Write config, tokenizer and safetensors of the policy at `step` (default: newest), in
+    `dtype` (auto: the run's model.dtype). Files get the usual permissions (umask), not the
+    owner-only mode of transformers' temporary files, so a group can share the export."""
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir}: not a run folder (no config.yaml)")
     if out.exists() and any(out.iterdir()):
@@ -44,9 +48,20 @@ def export_hf(run_dir: Path, out: Path, step: int | None = None) -> Path:
     path = ckpt.resolve_step(run_dir, step)
     cfg = load_config(run_dir / "config.yaml")
     tokenizer = build_tokenizer(cfg.model)
-    model = load_policy(cfg.model, tokenizer, cfg.trainer.seed)
+    mc = cfg.model if dtype == "auto" else dataclasses.replace(cfg.model, dtype=dtype)
+    model = load_policy(mc, tokenizer, cfg.trainer.seed)  # DCP casts into this dtype
     ckpt.load_model_only(path, "policy", model)  # ConfigError when the shapes differ
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    mode = 0o666 & ~_umask()
+    for f in out.iterdir():
+        if f.is_file():
+            f.chmod(mode)
     return path
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current

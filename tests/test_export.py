@@ -5,7 +5,9 @@ Run: python -m pytest tests/test_export.py -q
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,3 +186,24 @@ def test_export_of_a_checkpoint_that_does_not_fit_is_a_clear_error(trained, tmp_
     assert err.startswith(f"error: checkpoint {run_dir}/checkpoints/step_2 does not fit"), err
     assert "Size mismatch between saved torch.Size([128, 64]) and current" in err, err
     assert not out.exists()
+
+
+def test_export_files_follow_the_umask_and_bf16_halves_the_size(trained, tmp_path):
+    old = os.umask(0o022)
+    try:
+        assert main(["export-hf", str(trained.run_dir), str(tmp_path / "a")]) == 0
+        assert (
+            main(["export-hf", str(trained.run_dir), "--dtype", "bfloat16", str(tmp_path / "b")])
+            == 0
+        )
+    finally:
+        os.umask(old)
+    for f in (tmp_path / "a").iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f  # transformers wrote 0600
+    fp32 = (tmp_path / "a" / "model.safetensors").stat().st_size
+    bf16 = (tmp_path / "b" / "model.safetensors").stat().st_size
+    assert 0.45 < bf16 / fp32 < 0.55, (bf16, fp32)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "b")
+    assert model.dtype == torch.bfloat16
+    want = {k: v.to(torch.bfloat16) for k, v in trained.policy.items()}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in want.items())
