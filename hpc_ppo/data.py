@@ -73,10 +73,11 @@ def load_prompts(
 
 def validate_prompt_file(
     path: str, prompt_key: str = "prompt", answer_key: str | None = "answer"
-) -> None:
-    """The checks of `load_prompts`, for `hpc-ppo validate`; raises ConfigError."""
+) -> int:
+    """The checks of `load_prompts`, for `hpc-ppo validate`; raises ConfigError. Returns the
+    number of prompts."""
     # Simplification: validating reads the whole file; fine for prompt sets (MBs, not GBs).
-    load_prompts(path, prompt_key, answer_key)
+    return len(load_prompts(path, prompt_key, answer_key))
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:

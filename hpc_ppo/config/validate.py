@@ -148,13 +148,22 @@ def _check_cross_fields(cfg: Config, errors: list[str], check_paths: bool) -> No
             errors.append(
                 f"model.tiny.num_key_value_heads={tiny.num_key_value_heads} must divide model.tiny.num_attention_heads={tiny.num_attention_heads}"
             )
+    count, source = cfg.data.synthetic.num_prompts, "data.synthetic.num_prompts"
     if check_paths and cfg.data.path is not None:
         from hpc_ppo.data import validate_prompt_file
 
         try:
-            validate_prompt_file(cfg.data.path, cfg.data.prompt_key, cfg.data.answer_key)
+            count = validate_prompt_file(cfg.data.path, cfg.data.prompt_key, cfg.data.answer_key)
+            source = f"data.path={cfg.data.path} holds {count} prompts"
         except ConfigError as e:
             errors.append(str(e))
+    if (cfg.data.path is None or check_paths) and count < t.batch_size:
+        # The sampler draws a step's prompts without repeats within an epoch.
+        what = source if cfg.data.path is not None else f"{source}={count}"
+        errors.append(
+            f"{what}, fewer than trainer.batch_size={t.batch_size} (prompts per step): lower "
+            "trainer.batch_size or add prompts"
+        )
     from hpc_ppo.reward import resolve_reward_fn
 
     try:

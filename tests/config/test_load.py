@@ -136,8 +136,9 @@ def test_empty_string_override(tiny):
 
 def test_override_creates_nested_sections_missing_from_the_file(tmp_path):
     path = write(tmp_path / "c.yaml", "trainer:\n  total_steps: 3\n")
-    cfg = load_config(path, ["data.synthetic.num_prompts=8", "model.tiny.hidden_size=32"])
-    assert cfg.data.synthetic.num_prompts == 8
+    overrides = ["data.synthetic.num_prompts=40", "model.tiny.hidden_size=32"]
+    cfg = load_config(path, overrides)
+    assert cfg.data.synthetic.num_prompts == 40
     assert cfg.data.synthetic.max_len == 6  # siblings keep their defaults
     assert cfg.model.tiny.hidden_size == 32
     assert cfg.trainer.total_steps == 3

@@ -121,7 +121,31 @@ def test_data_path_malformed_jsonl_line_names_file_and_line(tmp_path, tiny, erro
 def test_data_path_valid_jsonl(tmp_path, tiny):
     path = tmp_path / "p.jsonl"
     path.write_text('{"prompt": "a", "answer": "b"}\n')
-    assert load_config(tiny, [f"data.path={path}"]).data.path == str(path)
+    cfg = load_config(tiny, [f"data.path={path}", "trainer.batch_size=1", "algo.mini_batch_size=1"])
+    assert cfg.data.path == str(path)
+
+
+def test_fewer_prompts_than_a_batch_is_refused(tmp_path, tiny, errors_of):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "a", "answer": "b"}\n' * 5)
+    (line,) = errors_of(
+        tiny, [f"data.path={path}", "trainer.batch_size=8", "algo.mini_batch_size=8"]
+    )
+    assert line == (
+        f"data.path={path} holds 5 prompts, fewer than trainer.batch_size=8 (prompts per step): "
+        "lower trainer.batch_size or add prompts"
+    )
+    (line,) = errors_of(
+        tiny, ["data.synthetic.num_prompts=7", "trainer.batch_size=8", "algo.mini_batch_size=8"]
+    )
+    assert line.startswith("data.synthetic.num_prompts=7, fewer than trainer.batch_size=8")
+
+
+def test_an_empty_prompt_is_refused_with_its_line(tmp_path, tiny, errors_of):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "a", "answer": "b"}\n{"prompt": "  ", "answer": "c"}\n')
+    (line,) = errors_of(tiny, [f"data.path={path}"])
+    assert f"{path}:2: the prompt is empty" in line, line
 
 
 def test_unknown_reward_fn(tiny, errors_of):
