@@ -67,8 +67,9 @@ def new_run_dir(cfg: Config, config_path: str) -> Path:
     return run_dir
 
 
-def resume_config(run_dir: Path, overrides: list[str]) -> Config:
-    """The run folder's config with launch-only overrides; anything else is refused."""
+def resume_config(run_dir: Path, overrides: list[str], save: bool = True) -> Config:
+    """The run folder's config with launch-only overrides; anything else is refused. `save`
+    writes the changed launch keys back (a resume does; `validate` only looks)."""
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         raise ConfigError(
@@ -83,12 +84,20 @@ def resume_config(run_dir: Path, overrides: list[str]) -> Config:
             f"{', '.join(refused)}: cannot change when resuming {run_dir} (only {', '.join(RESUMABLE_KEYS)}); "
             "start a new run for a different experiment"
         )
-    if changed:
+    if changed and save:
         save_config(cfg, saved_path)
     return cfg
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    if (Path(args.config) / "config.yaml").is_file():  # what `hpc-ppo run RUN_DIR` resumes
+        try:
+            cfg = resume_config(Path(args.config).resolve(), args.overrides, save=False)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        sys.stdout.write(dump_yaml(cfg))
+        return 0
     cfg = _load(args, args.launcher)
     if cfg is None:
         return 2
@@ -253,13 +262,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpc-ppo", description="Slurm-native PPO/GRPO for LLMs")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action=_Version)
+    sub = parser.add_subparsers(dest="command")
     for name, fn, text in (
         ("validate", cmd_validate, "check a config and print it resolved"),
         ("run", cmd_run, "run the job on this machine (trainer.nprocs local ranks)"),
     ):
         p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("config", help="YAML config file (run: or a run folder to resume)")
+        p.add_argument(
+            "config",
+            help="YAML config file, or a run folder (its config.yaml with the overrides a "
+            + ("resume allows)" if name == "validate" else "resume allows: the run continues)"),
+        )
         p.add_argument(
             "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. actor.lr=1e-6"
         )
@@ -310,8 +324,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
         else:
             p.add_argument("--run-dir", required=True, help="the run folder to create or check")
-    p = sub.add_parser("status", help="Slurm state, last step, checkpoint of a run or job")
-    p.add_argument("target", metavar="RUN_DIR_OR_JOB_ID")
+    p = sub.add_parser(
+        "status",
+        help="Slurm state, last step, checkpoint of a run or job",
+        description="Print a run's Slurm state and restarts, its last logged step with the main "
+        "metrics, its newest checkpoint, MLflow run id and log; by run folder or Slurm job id.",
+    )
+    p.add_argument(
+        "target", metavar="RUN_DIR_OR_JOB_ID", help="a run folder, or a Slurm job id of a run"
+    )
     p.add_argument(
         "--output-dir",
         action="append",
@@ -319,6 +340,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(fn=cmd_status)
     return parser
+
+
+class _Version(argparse.Action):
+    """--version: the package version and, in a git checkout, the commit (run only if asked)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kw) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from hpc_ppo.provenance import code_version
+
+        print(f"hpc-ppo {code_version()}")
+        parser.exit()
 
 
 def _options_first(argv: list[str]) -> list[str]:
@@ -338,7 +372,11 @@ def _options_first(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(_options_first(argv))
+    parser = build_parser()
+    args = parser.parse_args(_options_first(argv))
+    if args.command is None:  # a bare `hpc-ppo`: say what it can do
+        parser.print_help()
+        return 0
     return args.fn(args)
 
 

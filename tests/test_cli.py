@@ -204,3 +204,21 @@ def test_run_cannot_create_a_run_folder_outside_output_dir(capsys, tmp_path, mon
     (line,) = error_lines(capsys.readouterr().err, TINY)
     assert line.startswith(f"trainer.run_name={name!r}: ")
     assert list(tmp_path.iterdir()) == [] and not Path("/tmp/hpc-ppo-escaped").exists()
+
+
+def test_small_cli_answers(tmp_path, capsys):
+    """--version, a bare `hpc-ppo`, and validate on a run folder (read-only)."""
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("hpc-ppo 0.1.0")
+    assert main([]) == 0
+    assert "{validate,run,export-hf" in capsys.readouterr().out
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(Path(TINY).read_text())
+    before = (run_dir / "config.yaml").read_text()
+    assert main(["validate", str(run_dir), "trainer.total_steps=7"]) == 0
+    assert "total_steps: 7" in capsys.readouterr().out
+    assert (run_dir / "config.yaml").read_text() == before  # validate never writes
+    assert main(["validate", str(run_dir), "algo.clip_ratio=0.3"]) == 2
+    assert "algo.clip_ratio: cannot change when resuming" in capsys.readouterr().err

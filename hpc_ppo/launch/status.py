@@ -189,7 +189,11 @@ def collect(arg: str, output_dirs: Sequence[Path]) -> RunStatus:
         )
         st.lines.append(("last_step", f"{step} ({count} of {total} steps logged) {shown}".rstrip()))
     ckpt = newest_checkpoint(run_dir)
-    st.lines.append(("checkpoint", str(ckpt) if ckpt else "none"))
+    # step_N holds N completed steps (0..N-1, the last logged as step N-1): say so, so that
+    # "last_step: 19" beside "step_20" reads as the same point.
+    done = ckpt.name.removeprefix("step_") if ckpt else ""
+    shown_ckpt = f"{ckpt} ({done} steps done; a resume starts at step {done})" if ckpt else "none"
+    st.lines.append(("checkpoint", shown_ckpt))
     from hpc_ppo.tracking import read_run_id
 
     st.lines.append(("mlflow_run_id", read_run_id(run_dir) or "none"))
