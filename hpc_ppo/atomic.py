@@ -1,5 +1,7 @@
 """Atomic file publication: a reader sees the old file or the whole new one, never a part.
 
+    python -m pytest tests/test_atomic.py -q
+
     atomic_write_text(run_dir / "config.yaml", text)           # config, run ids, job index
     atomic_write_text(tmp / "COMPLETE", stamp, sync_dir=True)  # checkpoint markers
 

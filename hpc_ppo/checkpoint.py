@@ -1,5 +1,8 @@
 """Atomic, reshardable checkpoints with torch.distributed.checkpoint (DCP).
 
+    hpc-ppo run configs/tiny-cpu.yaml trainer.save_every=10      # step_10, step_20, ... kept 2
+    hpc-ppo run RUN_DIR                                          # resume from the newest
+
 Layout under `<run_dir>/checkpoints/`:
 
     step_N/              N = completed steps (the next step to run is N)

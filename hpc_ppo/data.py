@@ -1,5 +1,7 @@
 """Prompts in, index batches out: prompt files, the synthetic "letters" task, the sampler.
 
+    hpc-ppo validate configs/tiny-cpu.yaml data.path=train.jsonl data.prompt_key=question
+
 Plain functions over plain arguments; the trainer wires them to the config. A prompt file is
 checked before anything starts by `hpc-ppo validate cfg.yaml` (through `validate_prompt_file`).
 

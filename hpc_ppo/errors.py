@@ -1,4 +1,7 @@
-"""Error types shared across hpc-ppo."""
+"""Error types shared across hpc-ppo.
+
+    hpc-ppo validate configs/tiny-cpu.yaml rollout.n=0     # a ConfigError, one line, exit 2
+"""
 
 
 class ConfigError(ValueError):

@@ -1,5 +1,7 @@
 """Policy, critic and reference models, and the tokenizer, for one rank.
 
+    hpc-ppo run configs/tiny-cpu.yaml algo.kl_coef=0.01     # policy, reference and critic
+
 Models come from a Hugging Face directory, or for the embedded default (`builtin:tiny-qwen2`)
 from a Qwen2 config with a character tokenizer built in code: nothing is downloaded.
 Every trained model is wrapped with FSDP2 (`fully_shard`), on CPU/gloo too, so the CPU path

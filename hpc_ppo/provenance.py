@@ -1,5 +1,7 @@
 """Which code a run executes: a requeued job runs whatever the checkout holds at restart.
 
+    hpc-ppo --version                       # the version this module computes
+
 The first start of a run records the version in `<run_dir>/code_version`; every later start
 compares and warns when it differs, and the MLflow tag `code.version` shows the current one.
 """

@@ -1,5 +1,7 @@
 """Advantage estimation for PPO (GAE) and GRPO (group-normalised scores), as plain tensor functions.
 
+    python -m pytest tests/algo -q          # golden values, hand-computed
+
 All per-token tensors are [batch, T] over response tokens only; `mask` is 1 on real tokens and 0
 on right padding. Nothing here knows about models or configs, so it is tested on hand-computed
 numbers: `pytest tests/algo/test_advantages.py`.

@@ -1,5 +1,7 @@
 """PPO/GRPO losses, KL estimators and logit helpers, as plain tensor functions.
 
+    python -m pytest tests/algo -q          # golden values, hand-computed
+
 Per-token tensors are [batch, T] over response tokens; `mask` is 1 on real tokens and 0 on right
 padding. Loss statistics are returned as detached 0-dim tensors, so logging them costs no host
 sync until the caller asks. Tested by `pytest tests/algo/test_losses.py`.

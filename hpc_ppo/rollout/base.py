@@ -1,5 +1,7 @@
 """The one contract every rollout engine implements (vLLM in-rank on GPU, transformers on CPU).
 
+    python -m pytest tests/rollout -q       # both engines' conformance and the cycle
+
 The trainer drives an engine through the cycle DESIGN.md verified for vLLM:
 `sleep()` -> train -> `wake_weights()` -> `push_weights(...)` -> `wake_cache()` -> `generate(...)`.
 Engines hold their own copy of the policy weights, so both engines exercise the same

@@ -1,5 +1,7 @@
 """Rollout engine on transformers `generate`: the CPU twin of the in-rank vLLM engine.
 
+    hpc-ppo run configs/tiny-cpu.yaml       # rollout.engine=hf, the CPU default
+
 It keeps its own unsharded copy of the policy and receives the same `push_weights` stream as
 vLLM, so every CPU test exercises the weight-sync path. Sleep/wake are no-ops: on a CPU there
 is no accelerator memory to hand back.
