@@ -13,7 +13,7 @@ ppo)
     trainer.nprocs=2 rollout.tp=2 algo.name=ppo algo.kl_coef=0.001 algo.kl_mode=reward \
     model.dtype=bfloat16 model.gradient_checkpointing=true rollout.enforce_eager=false \
     rollout.gpu_memory_utilization=0.35 rollout.n=2 trainer.batch_size=64 algo.mini_batch_size=32 \
-    trainer.micro_batch_size=16 trainer.max_tokens_per_micro_batch=16384 > $OUT/ppo7b.json 2>&1
+    trainer.micro_batch_size=4 trainer.max_tokens_per_micro_batch=4096 > $OUT/ppo7b.json 2>&1
   echo "ppo rc $? at ${SECONDS}s"; tail -c 5000 $OUT/ppo7b.json
   grep -E "all-reduce|Error|error" $OUT/ppo7b.log | head -20 ;;
 gen)

@@ -228,7 +228,7 @@ def main(model_dir: str, work: Path, out: Path) -> None:
 
     with section("tp_refused") as r:
         try:
-            load_config(None, [*overrides, "rollout.tp=2"])
+            load_config(None, [*overrides, "rollout.tp=2"], launcher="local")
             r["config_raised"] = False
         except ConfigError as e:
             r["config_raised"], r["config_message"] = True, str(e)

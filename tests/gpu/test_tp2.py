@@ -36,6 +36,7 @@ def ranks(model_dir: Path, tmp_path_factory: pytest.TempPathFactory, local_env) 
     procs = []
     for rank in (0, 1):
         env = dict(local_env, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+        env["LOCAL_WORLD_SIZE"] = "2"  # as torchrun and `hpc-ppo run` set it
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, PYTHONUNBUFFERED="1")
         log = open(work / f"log{rank}", "w")  # noqa: SIM115 (closed by the process's end)
         cmd = [
