@@ -165,6 +165,8 @@ def test_null_tracker_is_a_metrics_sink() -> None:
 def test_sqlite_store_appears_complete_or_not_at_all(tmp_path):
     """The schema is built under a temporary name and renamed: a kill mid-migration (seen to
     break the store for good) leaves no mlflow.db, only a stray temporary file."""
+    from mlflow import MlflowClient
+
     from hpc_ppo.tracking import _create_sqlite_store
 
     stray = tmp_path / ".mlflow.db.999.init"
@@ -173,7 +175,7 @@ def test_sqlite_store_appears_complete_or_not_at_all(tmp_path):
     _create_sqlite_store(store)
     assert store.is_file()
     assert not list(tmp_path.glob(f".mlflow.db.{os.getpid()}.init"))
-    client = mlflow_client(tmp_path)
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
     exp = client.create_experiment("x")
     assert client.get_experiment(exp).name == "x"
     before = store.stat().st_mtime_ns
