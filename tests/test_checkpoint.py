@@ -21,31 +21,14 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import yaml
+from helpers import REPO, TINY, cli, local_env, metrics, mlflow_run
 
 from hpc_ppo import checkpoint as ckpt
 from hpc_ppo.checkpoint import Checkpointable
 from hpc_ppo.config import load_config
 from hpc_ppo.errors import ConfigError
-from hpc_ppo.launch.env import find_free_port
 from hpc_ppo.model import build_tokenizer, load_critic, load_policy
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = str(REPO / "configs" / "tiny-cpu.yaml")
-# Run as on a workstation even inside a Slurm allocation (no requeue, launcher "local").
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-
-
-def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "hpc_ppo.cli", *args],
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def resume(run_dir: Path, *overrides: str) -> str:
@@ -58,18 +41,7 @@ def resume(run_dir: Path, *overrides: str) -> str:
 
 
 def steps_logged(run_dir: Path) -> list[int]:
-    path = run_dir / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.is_file() else []
-    return [json.loads(line)["step"] for line in lines if line.endswith("}")]
-
-
-def mlflow_run(run_dir: Path):
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir}/mlflow.db")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert len(runs) == 1, [r.info.run_id for r in runs]
-    return client, runs[0]
+    return [row["step"] for row in metrics(run_dir, live=True)]
 
 
 def assert_one_value_per_step(run_dir: Path, steps: int) -> None:
@@ -105,7 +77,7 @@ def killed(tmp_path_factory) -> Killed:
             + ["trainer.run_name=k", "trainer.nprocs=2", "trainer.total_steps=20"]
             + ["trainer.save_every=1"],
             cwd=REPO,
-            env=ENV,
+            env=local_env(),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: one killpg reaches every rank
@@ -212,15 +184,6 @@ def test_resume_refuses_a_changed_experiment_key_and_changes_nothing(killed):
 
 
 # ------------------------------------------------------------ in one process, one gloo rank
-
-
-@pytest.fixture
-def one_rank():
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{find_free_port()}", rank=0, world_size=1
-    )
-    yield
-    dist.destroy_process_group()
 
 
 def _parts(hidden: int) -> list[Checkpointable]:

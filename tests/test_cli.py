@@ -5,18 +5,14 @@ Run: python -m pytest tests/test_cli.py -q
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import TINY, cli
 
 from hpc_ppo.cli import main
 from hpc_ppo.config import load_config
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = str(ROOT / "configs" / "tiny-cpu.yaml")
 
 
 def error_lines(stderr: str, config: str) -> list[str]:
@@ -157,13 +153,7 @@ def test_non_utf8_config_file(capsys, tmp_path):
 
 
 def test_module_entry_point_exit_code():
-    proc = subprocess.run(
-        [sys.executable, "-m", "hpc_ppo.cli", "validate", "configs/tiny-cpu.yaml", "actor.lrr=1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = cli("validate", "configs/tiny-cpu.yaml", "actor.lrr=1", timeout=60)  # cwd: REPO
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout == ""
     assert "did you mean actor.lr?" in proc.stderr

@@ -5,6 +5,7 @@ Run: python -m pytest tests/test_data.py -q
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -235,10 +236,17 @@ def test_letters_prompts_ignore_global_rng():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"num": -1}, {"alphabet": ""}, {"alphabet": "a b"}, {"min_len": 0}, {"max_len": 2}]
+    ("kwargs", "message"),
+    [
+        ({"num": -1}, "num=-1 must be >= 0"),
+        ({"alphabet": ""}, "alphabet='' must be non-empty"),
+        ({"alphabet": "a b"}, "alphabet='a b' must be non-empty, without whitespace"),
+        ({"min_len": 0}, "min_len=0"),
+        ({"max_len": 2}, "max_len=2"),
+    ],
 )
-def test_letters_prompts_bad_args(kwargs):
-    with pytest.raises(ValueError):
+def test_letters_prompts_bad_args(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         make_letters_prompts(**{"num": 1, "seed": 0, **kwargs})
 
 
@@ -348,9 +356,12 @@ def test_sampler_rejects_corrupt_state():
         PromptSampler(10, 2, seed=0).load_state_dict(state)
 
 
-@pytest.mark.parametrize("num_prompts, batch_size", [(0, 1), (1, 0)])
-def test_sampler_bad_args(num_prompts, batch_size):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    ("num_prompts", "batch_size", "message"),
+    [(0, 1, "num_prompts=0 must be >= 1"), (1, 0, "batch_size=0 must be >= 1")],
+)
+def test_sampler_bad_args(num_prompts, batch_size, message):
+    with pytest.raises(ValueError, match=message):
         PromptSampler(num_prompts, batch_size, seed=0)
 
 

@@ -13,15 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import yaml
+from helpers import TINY, gloo_rank
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
 from hpc_ppo import checkpoint as ckpt
 from hpc_ppo.checkpoint import Checkpointable
 from hpc_ppo.cli import main
 from hpc_ppo.config import load_config, save_config
-from hpc_ppo.launch.env import find_free_port
 from hpc_ppo.model import (
     TINY_CHARS,
     build_tokenizer,
@@ -32,7 +31,6 @@ from hpc_ppo.model import (
     tiny_tokenizer,
 )
 
-TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny-cpu.yaml")
 TEXTS = ["echo: abc", TINY_CHARS, "  two  spaces ", "12 + 3 = 15?", "a,b.c!"]
 
 
@@ -54,10 +52,7 @@ def trained(tmp_path_factory) -> Trained:
     cfg = load_config(TINY)
     save_config(cfg, run_dir / "config.yaml")
     tok = build_tokenizer(cfg.model)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{find_free_port()}", rank=0, world_size=1
-    )
-    try:
+    with gloo_rank():
         parts = []
         ids = torch.tensor([tok("echo: abc").input_ids])
         for name, model in (
@@ -72,8 +67,6 @@ def trained(tmp_path_factory) -> Trained:
             parts.append(Checkpointable(name, model, opt, sched))
         ckpt.save(run_dir, 2, parts, {"sampler": {}}, keep=2)
         policy = {k: v.clone() for k, v in full_state_iter(parts[0].model)}
-    finally:
-        dist.destroy_process_group()
     return Trained(run_dir, policy)
 
 

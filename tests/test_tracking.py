@@ -5,7 +5,6 @@ Run: pytest tests/test_tracking.py -q
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -13,21 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
+from helpers import metrics, mlflow_client
 
 from hpc_ppo.tracking import MetricsSink, NullTracker, Tracker, read_run_id
 
 
-def _client(run_dir: Path) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{run_dir.absolute() / 'mlflow.db'}")
-
-
 def _history(run_dir: Path, run_id: str, key: str) -> list[tuple[int, float]]:
-    return sorted((m.step, m.value) for m in _client(run_dir).get_metric_history(run_id, key))
-
-
-def _jsonl(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return sorted((m.step, m.value) for m in mlflow_client(run_dir).get_metric_history(run_id, key))
 
 
 def _run(run_dir: Path, steps: range, run_id: str | None = None, **kw) -> Tracker:
@@ -43,13 +34,13 @@ def _run(run_dir: Path, steps: range, run_id: str | None = None, **kw) -> Tracke
 def test_new_run_logs_params_and_each_step_once(tmp_path: Path) -> None:
     tracker = _run(tmp_path, range(3), tags={"slurm_job_id": "42"})
     assert tracker.run_id is not None and read_run_id(tmp_path) == tracker.run_id
-    run = _client(tmp_path).get_run(tracker.run_id)
+    run = mlflow_client(tmp_path).get_run(tracker.run_id)
     assert run.data.params == {"optim.lr": "1e-06", "seed": "0"}
     assert run.data.tags["slurm_job_id"] == "42"
     assert run.info.status == "FINISHED"
     assert _history(tmp_path, tracker.run_id, "loss") == [(0, 0.0), (1, 1.0), (2, 2.0)]
     assert _history(tmp_path, tracker.run_id, "reward/mean") == [(0, 0.0), (1, 10.0), (2, 20.0)]
-    assert [r["step"] for r in _jsonl(tmp_path)] == [0, 1, 2]
+    assert [r["step"] for r in metrics(tmp_path)] == [0, 1, 2]
 
 
 def test_reattach_logs_each_step_exactly_once(tmp_path: Path) -> None:
@@ -63,10 +54,10 @@ def test_reattach_logs_each_step_exactly_once(tmp_path: Path) -> None:
     assert tracker.close(timeout_s=60)
     assert tracker.run_id == first.run_id
     assert _history(tmp_path, first.run_id, "loss") == [(s, float(s)) for s in range(6)]
-    lines = _jsonl(tmp_path)
+    lines = metrics(tmp_path)
     assert [r["step"] for r in lines] == list(range(6))
     assert [r["loss"] for r in lines] == [float(s) for s in range(6)]
-    assert _client(tmp_path).get_run(first.run_id).data.tags["restart"] == "1"
+    assert mlflow_client(tmp_path).get_run(first.run_id).data.tags["restart"] == "1"
 
 
 def test_run_id_is_found_in_run_dir_without_being_passed(tmp_path: Path) -> None:
@@ -84,7 +75,7 @@ def test_steps_mlflow_has_are_not_resent_when_jsonl_lacks_them(tmp_path: Path) -
         tracker.log_metrics(s, {"loss": -float(s)})
     assert tracker.close(timeout_s=60)
     assert _history(tmp_path, first.run_id, "loss") == [(0, 0.0), (1, 1.0), (2, 2.0), (3, -3.0)]
-    assert [r["step"] for r in _jsonl(tmp_path)] == [1, 2, 3]
+    assert [r["step"] for r in metrics(tmp_path)] == [1, 2, 3]
 
 
 def test_changed_param_on_reattach_raises_naming_key(tmp_path: Path) -> None:
@@ -96,7 +87,7 @@ def test_changed_param_on_reattach_raises_naming_key(tmp_path: Path) -> None:
         tracker.log_params({"new": "x"})  # a param the run never had is fine
     finally:
         assert tracker.close(timeout_s=60)
-    params = _client(tmp_path).get_run(tracker.run_id).data.params
+    params = mlflow_client(tmp_path).get_run(tracker.run_id).data.params
     assert params == {"optim.lr": "1e-06", "seed": "0", "new": "x"}
 
 
@@ -105,7 +96,7 @@ def test_partial_last_line_is_truncated(tmp_path: Path) -> None:
     with open(tmp_path / "metrics.jsonl", "ab") as f:
         f.write(b'{"step": 2, "loss": 2.')  # hard kill mid-write
     _run(tmp_path, range(2, 4))
-    assert [r["step"] for r in _jsonl(tmp_path)] == [0, 1, 2, 3]
+    assert [r["step"] for r in metrics(tmp_path)] == [0, 1, 2, 3]
     assert _history(tmp_path, first.run_id, "loss") == [(s, float(s)) for s in range(4)]
 
 
@@ -121,7 +112,7 @@ def test_non_finite_is_null_in_jsonl_absent_from_mlflow_and_warned_once(
         tracker.log_metrics(1, {"loss": 1.0, "kl": math.inf})
         tracker.log_metrics(2, {"loss": math.nan})
     assert tracker.close(timeout_s=60)
-    rows = [(r.get("loss"), r.get("kl")) for r in _jsonl(tmp_path)]
+    rows = [(r.get("loss"), r.get("kl")) for r in metrics(tmp_path)]
     assert rows == [(None, 0.5), (1.0, None), (None, None)]
     assert _history(tmp_path, tracker.run_id, "loss") == [(1, 1.0)]
     assert _history(tmp_path, tracker.run_id, "kl") == [(0, 0.5)]
@@ -146,12 +137,12 @@ def test_dead_server_never_blocks_and_jsonl_is_backfilled_later(
     tracker._thread.join(10)  # it gives up once close() did, instead of retrying forever
     assert not tracker._thread.is_alive()
     assert tracker.run_id is None and read_run_id(tmp_path) is None
-    assert [r["step"] for r in _jsonl(tmp_path)] == [0, 1, 2]
+    assert [r["step"] for r in metrics(tmp_path)] == [0, 1, 2]
     # The next job reaches a store: it creates the run and sends what metrics.jsonl holds.
     monkeypatch.undo()
     later = _run(tmp_path, range(2, 4))
     assert _history(tmp_path, later.run_id, "loss") == [(s, float(s)) for s in range(4)]
-    assert _client(tmp_path).get_run(later.run_id).data.params["seed"] == "0"
+    assert mlflow_client(tmp_path).get_run(later.run_id).data.params["seed"] == "0"
 
 
 def test_null_tracker_is_a_metrics_sink() -> None:

@@ -14,9 +14,10 @@ import os
 import sys
 from pathlib import Path
 
+import helpers
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 
 
@@ -57,9 +58,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _rank_env_without_torchrun() -> dict[str, str]:
-    """This process's environment minus the torchrun variables, so a child resolves its own."""
-    drop = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
-    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("SLURM_")}
+    """This process's environment minus the launcher and Slurm variables (a child resolves its
+    own), with this checkout first on PYTHONPATH."""
+    env = helpers.local_env()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
 

@@ -1,0 +1,31 @@
+"""Fixtures for every test folder. The plain values and functions they build on (REPO, TINY,
+`cli`, `run_ok`, `metrics`, `final_weights`, ...) are in helpers.py, importable by name.
+
+tests/gpu/conftest.py and tests/slurm/conftest.py add what only those suites need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from helpers import TINY, gloo_rank, run_ok
+
+
+@pytest.fixture
+def one_rank() -> Iterator[None]:
+    """A one-rank gloo group in this process for the test's duration."""
+    with gloo_rank():
+        yield
+
+
+@pytest.fixture
+def run_tiny(tmp_path: Path) -> Callable[..., Path]:
+    """`run_tiny(*overrides)`: `hpc-ppo run configs/tiny-cpu.yaml` into tmp_path, which must
+    succeed; returns the run folder."""
+
+    def _run(*overrides: str, timeout: float = 600) -> Path:
+        return run_ok(TINY, f"trainer.output_dir={tmp_path}", *overrides, timeout=timeout)
+
+    return _run

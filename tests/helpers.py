@@ -1,0 +1,149 @@
+"""What many test files need: this checkout's paths, `hpc-ppo` in a subprocess, and what a run
+folder holds (metrics.jsonl, the MLflow run, the final weights).
+
+    from helpers import TINY, metrics, run_ok      # in any test module, any folder
+
+Plain functions and constants, so module-level code and `parametrize` can use them too;
+fixtures built on them are in conftest.py. tests/ has no __init__.py: pytest's default
+("prepend") import mode puts the folder of tests/conftest.py on sys.path, which is what makes
+`import helpers` work from tests/launch/ and tests/gpu/ as well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hpc_ppo.launch.env import LAUNCHER_VARS
+
+if TYPE_CHECKING:
+    import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+TINY = str(CONFIGS / "tiny-cpu.yaml")  # the CPU default: tiny model, letters task, 1 rank
+
+
+def local_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for an `hpc-ppo` child that must run as on a workstation: without
+    SLURM_* (no requeue, launcher "local", even inside an allocation) and without a parent's
+    launcher variables (RANK, MASTER_PORT, ...: the child resolves its own)."""
+    environ = os.environ if environ is None else environ
+    return {
+        k: v for k, v in environ.items() if k not in LAUNCHER_VARS and not k.startswith("SLURM_")
+    }
+
+
+def cli(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`hpc-ppo ARGS` as a fresh process of this checkout (`python -m hpc_ppo.cli`, cwd REPO)."""
+    return subprocess.run(
+        [sys.executable, "-m", "hpc_ppo.cli", *args],
+        cwd=REPO,
+        env=local_env() if env is None else dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished `hpc-ppo run`: exit code, output and the run folder its last line names."""
+
+    rc: int
+    stdout: str
+    stderr: str
+    run_dir: Path | None  # None when the last stdout line is not "run_dir: ..."
+
+    @property
+    def tail(self) -> str:
+        """The end of both streams: enough to see why a run failed, in an assert message."""
+        return self.stdout[-3000:] + self.stderr[-6000:]
+
+
+def run(*args: str, env: Mapping[str, str] | None = None, timeout: float = 600) -> Run:
+    """`hpc-ppo run ARGS` to its end (any exit code)."""
+    proc = cli("run", *args, env=env, timeout=timeout)
+    lines = proc.stdout.strip().splitlines()
+    last = lines[-1] if lines else ""
+    run_dir = Path(last.removeprefix("run_dir: ")) if last.startswith("run_dir: ") else None
+    return Run(proc.returncode, proc.stdout, proc.stderr, run_dir)
+
+
+def run_ok(*args: str, env: Mapping[str, str] | None = None, timeout: float = 600) -> Path:
+    """`hpc-ppo run ARGS`, which must succeed and name its run folder last; the folder."""
+    result = run(*args, env=env, timeout=timeout)
+    assert result.rc == 0, result.tail
+    assert result.run_dir is not None, result.tail
+    return result.run_dir
+
+
+def metrics(run_dir: Path, live: bool = False) -> list[dict]:
+    """The records of RUN_DIR/metrics.jsonl. `live=True` is for a run that may be writing: a
+    missing file is no records and a partial last line is skipped (else both fail)."""
+    path = run_dir / "metrics.jsonl"
+    if live and not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    return [json.loads(line) for line in lines if not live or line.endswith("}")]
+
+
+def mlflow_client(run_dir: Path):
+    """A client of the run folder's MLflow sqlite store."""
+    from mlflow import MlflowClient  # slow to import: only tests that read MLflow pay for it
+
+    return MlflowClient(tracking_uri=f"sqlite:///{run_dir.absolute() / 'mlflow.db'}")
+
+
+def mlflow_runs(run_dir: Path) -> tuple:
+    """(client, every run of every experiment in the run folder's store)."""
+    client = mlflow_client(run_dir)
+    return client, client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def mlflow_run(run_dir: Path) -> tuple:
+    """(client, the store's one run); fails if there is not exactly one."""
+    client, runs = mlflow_runs(run_dir)
+    assert len(runs) == 1, [(r.info.run_id, r.info.status) for r in runs]
+    return client, runs[0]
+
+
+def final_weights(run_dir: Path, step: int | None = None) -> dict[str, torch.Tensor]:
+    """Policy (and critic) of the checkpoint at `step` (default: newest), loaded with DCP into
+    this process as "policy.<name>" / "critic.<name>" tensors."""
+    from hpc_ppo.export import load_run_weights
+
+    return load_run_weights(run_dir, step)
+
+
+def write_executable(path: Path, text: str) -> Path:
+    """A script at `path` that PATH lookups run: a fake of an outside tool (sbatch, scontrol)."""
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+@contextlib.contextmanager
+def gloo_rank() -> Iterator[None]:
+    """torch.distributed as one gloo rank in this process (what FSDP2 and DCP need)."""
+    import torch.distributed as dist
+
+    from hpc_ppo.launch.env import find_free_port
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{find_free_port()}", rank=0, world_size=1
+    )
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
