@@ -1,29 +1,40 @@
 """Stop requests: Slurm's warning signal (USR2), preemption / scancel (TERM), Ctrl-C (INT).
 
 The handler only records the signal; ranks agree on stopping through `StopFlag.agreed()`, an
-all-reduce every rank calls at the same safe points (between rollout chunks and between steps),
-so no rank saves or exits alone. Never a collective or a save inside the handler.
+all-reduce every rank calls at the same safe points (after the process group exists, between
+rollout chunks and between steps), so no rank saves or exits alone. Never a collective or a
+save inside the handler.
 
-Under submitit the handlers replace submitit's own (installed before our function runs): its
-Checkpointable path lets only rank 0 act and cannot do a collective sharded save.
+A stop request must never kill a rank, whenever it comes (a preemption often lands while a
+requeued job restarts). Three windows, three measures:
+  - from exec to the handlers: launchers start ranks with the stop signals blocked
+    (`stop_signals_blocked` for local processes, `HOLD_SIGNALS` in front of srun's command), so
+    a signal stays pending; `StopFlag.install()` runs before torch is imported and unblocks it.
+  - the rest of the rank's life: the handlers record it (`hpc_ppo.rank`).
+  - interpreter exit: Python resets its handlers to the default action (death) while it
+    finalises, so `StopFlag.retire()` ignores the stop signals once the rank is done.
+
+Standard library only at import time: the rank entry installs the handlers before torch loads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
-
-import torch
-import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
+# A shell word list for srun's command line: the task starts with the stop signals blocked.
+# `env --block-signal` is coreutils >= 8.31; job_setup() leaves it out where `env` lacks it (the
+# unguarded window is then the interpreter's own start, ~20 ms).
+HOLD_SIGNALS = "env --block-signal=" + ",".join(s.name.removeprefix("SIG") for s in STOP_SIGNALS)
 
 
 class StopFlag:
@@ -31,12 +42,20 @@ class StopFlag:
         self.signal_name: str | None = None
         self.received_at: float | None = None  # time.time() of the first signal
 
-    def install(self) -> None:
+    def install(self) -> StopFlag:
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._handle)
-        # Slurm sends SIGCONT right after the user signal; the default action is fine but
-        # submitit installs a logging handler for it. Restore the default.
+        # Slurm sends SIGCONT right after the user signal; the default action is the right one.
         signal.signal(signal.SIGCONT, signal.SIG_DFL)
+        # What arrived while the launcher held the signals blocked is delivered now, to _handle.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        return self
+
+    def retire(self) -> None:
+        """The rank is done (finished, or stopped and requeued): later stop requests have
+        nothing left to stop, and must not kill the exiting interpreter (exit code by signal)."""
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received_at is None:
@@ -49,6 +68,9 @@ class StopFlag:
 
     def agreed(self) -> bool:
         """True on every rank if any rank got a stop signal. A collective: call it everywhere."""
+        import torch  # loaded by the time a process group exists; not before the handlers
+        import torch.distributed as dist
+
         if not dist.is_initialized() or dist.get_world_size() == 1:
             return self.local
         t = torch.tensor([1.0 if self.local else 0.0])
@@ -57,6 +79,17 @@ class StopFlag:
 
     def seconds_since_signal(self) -> float | None:
         return None if self.received_at is None else time.time() - self.received_at
+
+
+@contextlib.contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Block the stop signals in this thread; processes started meanwhile inherit the mask
+    (through exec) and keep a stop request pending until their handlers exist."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def in_slurm_job() -> bool:
