@@ -96,18 +96,31 @@ def in_slurm_job() -> bool:
     return "SLURM_JOB_ID" in os.environ and "SLURM_STEP_ID" in os.environ
 
 
-def requeue_slurm_job() -> bool:
-    """Ask Slurm to requeue this job (rank 0 only, after the checkpoint is committed)."""
+def requeue_slurm_job(resume_step: int) -> bool:
+    """Get this job requeued (rank 0 only, after the checkpoint is committed), unless Slurm is
+    already ending this run: then say what it does. True if the job will run again."""
     job = os.environ.get("SLURM_ARRAY_JOB_ID")
     job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ["SLURM_JOB_ID"]
-    state, reason = _job_state(job)
+    state, reason, restarts = _job_state(job)
+    if restarts is not None and restarts > int(os.environ.get("SLURM_RESTART_COUNT") or 0):
+        # `scontrol requeue` or preemption's kill round: Slurm counted a restart as it queued
+        # the next run (the TERM that stopped us came with it). Requeueing again would not help.
+        log.info(
+            "Slurm requeued job %s (scontrol requeue / preemption); it will resume from step_%d",
+            job,
+            resume_step,
+        )
+        return True
     if state not in (None, "RUNNING") and reason != "TimeLimit":
-        # Slurm is already ending this run (SIGTERM, then SIGKILL after KillWait): `scancel`
-        # must not be undone by a requeue (Slurm requeues even a cancelled job), and
-        # `scontrol requeue` has already queued the next run. Preemption's TERM comes while
-        # the job is still RUNNING (GraceTime), the time limit's with Reason=TimeLimit: both
-        # are requeued below.
-        log.warning("Slurm job %s is %s: ended by Slurm, not requeued by hpc-ppo", job, state)
+        # `scancel`: Slurm requeues even a cancelled job if asked, and a cancel must stay one.
+        # (Preemption's TERM comes while the job is still RUNNING, during GraceTime; the time
+        # limit's with Reason=TimeLimit: both are requeued below.)
+        log.info(
+            "Slurm job %s was cancelled (%s): not requeued; checkpoint step_%d is saved",
+            job,
+            state,
+            resume_step,
+        )
         return False
     try:
         subprocess.run(
@@ -115,8 +128,8 @@ def requeue_slurm_job() -> bool:
         )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, FileNotFoundError) as e:
         detail = getattr(e, "stderr", "") or str(e)
-        # The stop came from a requeue (`scontrol requeue`, preemption's kill round): Slurm
-        # already holds the job pending for its next run. Not "is no longer pending execution".
+        # A requeue raced ours: Slurm already holds the job pending for its next run. (Not "is
+        # no longer pending execution".)
         if "Job is pending execution" in detail:
             log.info("Slurm job %s is already requeued", job)
             return True
@@ -124,21 +137,27 @@ def requeue_slurm_job() -> bool:
             "scontrol requeue %s failed: %s; resubmit the job to continue", job, detail.strip()
         )
         return False
-    log.info("requeued Slurm job %s", job)
+    log.info("requeued Slurm job %s; it will resume from step_%d", job, resume_step)
     return True
 
 
-def _job_state(job: str) -> tuple[str | None, str | None]:
-    """(JobState, Reason) as `scontrol show job` prints them (a cancelled job shows
-    COMPLETING, Reason=None until its tasks are gone); None where unknown."""
+def _job_state(job: str) -> tuple[str | None, str | None, int | None]:
+    """(JobState, Reason, Restarts) as `scontrol show job` prints them (a cancelled or requeued
+    job shows COMPLETING, Reason=None until its tasks are gone; only a requeue counts a restart
+    at once); None where unknown."""
     try:
         out = subprocess.run(
             ["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=30
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
-        return None, None
-    fields = dict(re.findall(r"(?:^|\s)(JobState|Reason)=(\S+)", out))
-    return fields.get("JobState"), fields.get("Reason")
+        return None, None, None
+    fields = dict(re.findall(r"(?:^|\s)(JobState|Reason|Restarts)=(\S+)", out))
+    restarts = fields.get("Restarts", "")
+    return (
+        fields.get("JobState"),
+        fields.get("Reason"),
+        int(restarts) if restarts.isdigit() else None,
+    )
 
 
 def save_on_stop(

@@ -19,7 +19,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from hpc_ppo.preempt import StopFlag  # standard library only
+from hpc_ppo.preempt import StopFlag, in_slurm_job, requeue_slurm_job  # standard library only
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +86,12 @@ def main(run_dir: str | Path, stop: StopFlag) -> int:
 
 def _after_stop(rank: int, run_dir: Path) -> None:
     """The checkpoint is committed: requeue under Slurm (rank 0 only), else say how to go on."""
-    from hpc_ppo.preempt import in_slurm_job, requeue_slurm_job
+    from hpc_ppo import checkpoint as ckpt
 
     if rank != 0:
         return
     if in_slurm_job():
-        requeue_slurm_job()
+        requeue_slurm_job((ckpt.complete_steps(run_dir, warn=False) or [0])[-1])
     else:
         print(f"hpc-ppo: stopped and saved; continue with: hpc-ppo run {run_dir}", flush=True)
 

@@ -298,8 +298,9 @@ def test_scontrol_requeue_sends_term_saves_and_continues(slurm_cluster, submit, 
         [stop] = stops
         assert stop.signal == "SIGTERM", job.explain()
         assert stop.step == before == resumed, (stop, before, resumed)
-        # rank 0 saw the job already on its way back and left it to Slurm
-        assert re.search(rf"Slurm job {job.id} is \S+: ended by Slurm", job.log()), job.explain()
+        # rank 0 saw the job already on its way back and left it to Slurm, saying so plainly
+        said = f"INFO hpc_ppo.preempt: Slurm requeued job {job.id} (scontrol requeue / preemption);"
+        assert f"{said} it will resume from step_{stop.step}" in job.log(), job.explain()
         report(capsys, job, "scontrol requeue")
     else:  # killed first: the previous periodic checkpoint, the steps after it are redone
         assert resumed % 3 == 0 and 3 <= resumed <= before, (resumed, before)
