@@ -19,7 +19,12 @@ import sys
 import warnings
 from pathlib import Path
 
-from hpc_ppo.preempt import StopFlag, in_slurm_job, requeue_slurm_job  # standard library only
+from hpc_ppo.preempt import (  # standard library only
+    StopFlag,
+    in_slurm_job,
+    requeue_slurm_job,
+    save_on_stop,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,7 @@ def main(run_dir: str | Path, stop: StopFlag) -> int:
     import torch
     import torch.distributed as dist
 
+    from hpc_ppo import checkpoint as ckpt
     from hpc_ppo.config import load_config
     from hpc_ppo.dist import init_distributed, pick_device
     from hpc_ppo.errors import ConfigError
@@ -58,15 +64,10 @@ def main(run_dir: str | Path, stop: StopFlag) -> int:
     init_distributed(env, device)
     try:
         # The first point where the ranks can agree: a stop that came while they started
-        # (imports, rendezvous) ends the run before the model loads.
+        # (imports, rendezvous) ends the run before the model loads, with nothing new to save.
         if stop.agreed():
-            if env.rank == 0:
-                log.warning(
-                    "stop requested by %s before training started: nothing to save;"
-                    " exiting %.2f s after the signal",
-                    stop.signal_name or "another rank's signal",
-                    stop.seconds_since_signal() or 0.0,
-                )
+            done = (ckpt.complete_steps(run_dir, warn=False) or [0])[-1]
+            save_on_stop(stop, done, done, lambda: 0.0, env.rank)
             finished = False
         else:
             from hpc_ppo.trainer import Trainer
@@ -86,7 +87,7 @@ def main(run_dir: str | Path, stop: StopFlag) -> int:
 
 def _after_stop(rank: int, run_dir: Path) -> None:
     """The checkpoint is committed: requeue under Slurm (rank 0 only), else say how to go on."""
-    from hpc_ppo import checkpoint as ckpt
+    from hpc_ppo import checkpoint as ckpt  # loaded by now
 
     if rank != 0:
         return

@@ -267,7 +267,7 @@ def test_stop_at_rank_start_exits_0_and_the_run_continues(tmp_path):
     launch.wait_until(lambda: len(children.read_text().split()) == 2, timeout=60)
     launch.proc.send_signal(signal.SIGUSR2)
     assert launch.wait(timeout=120) == 0, launch.log
-    assert "stop requested by SIGUSR2 before training started: nothing to save" in launch.log
+    assert "stop requested by SIGUSR2: no step done, nothing saved" in launch.log
     assert f"continue with: hpc-ppo run {run_dir}" in launch.log
     assert ckpt.complete_steps(run_dir) == [] and rows(run_dir) == []
 
