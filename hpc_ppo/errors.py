@@ -1,6 +1,6 @@
 """Error types shared across hpc-ppo.
 
-    hpc-ppo validate configs/tiny-cpu.yaml rollout.n=0     # a ConfigError, one line, exit 2
+hpc-ppo validate configs/tiny-cpu.yaml rollout.n=0     # a ConfigError, one line, exit 2
 """
 
 

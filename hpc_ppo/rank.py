@@ -1,8 +1,14 @@
-"""The per-rank entry point: the same function for `hpc-ppo run` (local processes) and srun.
+"""The per-rank entry point: what every local process (`hpc-ppo run`) and srun task executes.
 
-    python -m hpc_ppo.rank RUN_DIR      # what each local process / srun task executes
+    python -m hpc_ppo.rank RUN_DIR
 
 The run folder holds the resolved config.yaml written by the launcher; every rank reads it.
+
+Its first statements install the stop handlers (hpc_ppo.preempt): torch, the config and the
+trainer load only after them (a second or more), so a stop request that arrives meanwhile is
+kept, not fatal. The first safe point to act on it is right after the process group exists:
+then the ranks stop before building anything. The launchers start this module with the stop
+signals blocked, which covers the interpreter's own start.
 """
 
 from __future__ import annotations
@@ -13,17 +19,28 @@ import sys
 import warnings
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
+from hpc_ppo.preempt import (  # standard library only
+    StopFlag,
+    in_slurm_job,
+    requeue_slurm_job,
+    save_on_stop,
+)
 
-from hpc_ppo.config import load_config
-from hpc_ppo.dist import init_distributed, pick_device
-from hpc_ppo.errors import ConfigError
-from hpc_ppo.launch.env import resolve_rank_env
-from hpc_ppo.preempt import StopFlag, in_slurm_job, requeue_slurm_job
+log = logging.getLogger(__name__)
 
 
-def main(run_dir: str | Path) -> None:
+def main(run_dir: str | Path, stop: StopFlag) -> int:
+    """Train (or resume) the run in `run_dir` as this rank; returns the exit code."""
+    # Imported here, after the caller installed `stop`: they take a second or more to load.
+    import torch
+    import torch.distributed as dist
+
+    from hpc_ppo import checkpoint as ckpt
+    from hpc_ppo.config import load_config
+    from hpc_ppo.dist import init_distributed, pick_device
+    from hpc_ppo.errors import ConfigError
+    from hpc_ppo.launch.env import resolve_rank_env
+
     run_dir = Path(run_dir).resolve()
     env = resolve_rank_env()
     cfg = load_config(run_dir / "config.yaml")
@@ -31,42 +48,61 @@ def main(run_dir: str | Path) -> None:
         level=logging.INFO if env.rank == 0 else logging.WARNING,
         format=f"%(asctime)s [rank {env.rank}] %(levelname)s %(name)s: %(message)s",
     )
+    print(
+        f"hpc-ppo: rank {env.rank} of {env.world_size} on {os.uname().nodename} (local rank"
+        f" {env.local_rank} of {env.local_world_size}, {env.source}), rendezvous"
+        f" {env.master_addr}:{env.master_port}",
+        flush=True,
+    )
     threads = cfg.trainer.threads_per_rank or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if threads:
         torch.set_num_threads(threads)
     # The critic's output is a view of its head's output; nothing here modifies it in place
     # (the hazard FSDP2 warns about), so the warning would only fill every rank's log.
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
-    stop = StopFlag()
-    stop.install()  # before anything slow, and after submitit's handlers: ours must win
     device = pick_device(cfg.trainer.device, env.local_rank)
     init_distributed(env, device)
     try:
-        from hpc_ppo.trainer import Trainer
+        # The first point where the ranks can agree: a stop that came while they started
+        # (imports, rendezvous) ends the run before the model loads, with nothing new to save.
+        if stop.agreed():
+            done = (ckpt.complete_steps(run_dir, warn=False) or [0])[-1]
+            save_on_stop(stop, done, done, lambda: 0.0, env.rank)
+            finished = False
+        else:
+            from hpc_ppo.trainer import Trainer
 
-        finished = Trainer(cfg, run_dir, env.rank, env.world_size, device, stop).fit()
+            finished = Trainer(cfg, run_dir, env.rank, env.world_size, device, stop).fit()
         dist.barrier()
         if not finished:
             _after_stop(env.rank, run_dir)
     except ConfigError as e:  # bad input only a rank can see (a checkpoint of another shape)
         print(f"error: rank {env.rank}: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        return 2
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+    return 0
 
 
 def _after_stop(rank: int, run_dir: Path) -> None:
     """The checkpoint is committed: requeue under Slurm (rank 0 only), else say how to go on."""
+    from hpc_ppo import checkpoint as ckpt  # loaded by now
+
     if rank != 0:
         return
     if in_slurm_job():
-        requeue_slurm_job()
+        requeue_slurm_job((ckpt.complete_steps(run_dir, warn=False) or [0])[-1])
     else:
         print(f"hpc-ppo: stopped and saved; continue with: hpc-ppo run {run_dir}", flush=True)
 
 
 if __name__ == "__main__":
+    stop = StopFlag().install()  # first: a stop signal from here on is recorded, never fatal
     if len(sys.argv) != 2:
         sys.exit("usage: python -m hpc_ppo.rank RUN_DIR")
-    main(sys.argv[1])
+    try:
+        code = main(sys.argv[1], stop)
+    finally:
+        stop.retire()  # exiting: Python would restore the signals' default action (death)
+    sys.exit(code)

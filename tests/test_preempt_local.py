@@ -222,3 +222,57 @@ def test_signal_during_rollout_exits_within_one_step(tmp_path):
     # Before the save, it waited for the chunk under way only, not for the rest of the rollout.
     gen_s = statistics.median(r["time/generate"] for r in done)
     assert exit_s - save_s < gen_s / 2, (exit_s, save_s, gen_s)
+
+
+# ---------------------------------------------------------------- a stop as a rank starts
+
+# A stand-in for a rank: installs the handlers only after a slow start (torch takes a second).
+LATE_INSTALL = """
+import os, signal, sys, time
+time.sleep(0.5)
+from hpc_ppo.preempt import StopFlag
+stop = StopFlag().install()
+print(stop.signal_name, flush=True)
+stop.retire()
+os.kill(os.getpid(), signal.SIGTERM)  # as the interpreter exits: ignored, not fatal
+"""
+
+
+def test_a_signal_before_the_handlers_is_kept_until_they_exist():
+    """What the launchers do (stop_signals_blocked, `env --block-signal` under srun): the
+    signal waits, blocked, instead of killing the process with its default action."""
+    from hpc_ppo.preempt import stop_signals_blocked
+
+    cmd = [sys.executable, "-c", LATE_INSTALL]
+    with stop_signals_blocked():
+        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, text=True)
+    proc.send_signal(signal.SIGUSR2)
+    out, _ = proc.communicate(timeout=60)
+    assert (proc.returncode, out) == (0, "SIGUSR2\n")
+    # The launchers' own mask is back: the same signal would kill an unprotected child.
+    bare = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, text=True)
+    bare.send_signal(signal.SIGUSR2)
+    assert bare.wait(timeout=60) == -signal.SIGUSR2
+
+
+@pytest.mark.slow
+def test_stop_at_rank_start_exits_0_and_the_run_continues(tmp_path):
+    """USR2 as soon as the ranks exist (their interpreters start; torch would take a second
+    more): they stop before the first step, save nothing, exit 0; the run then continues from
+    the start, every step logged once."""
+    run_dir = tmp_path / "r"
+    args = ["run", TINY, f"trainer.output_dir={tmp_path}", "trainer.run_name=r"]
+    launch = Launch(tmp_path / "run.log", *args, "trainer.nprocs=2", "trainer.total_steps=2")
+    children = Path(f"/proc/{launch.proc.pid}/task/{launch.proc.pid}/children")
+    launch.wait_until(lambda: len(children.read_text().split()) == 2, timeout=60)
+    launch.proc.send_signal(signal.SIGUSR2)
+    assert launch.wait(timeout=120) == 0, launch.log
+    assert "stop requested by SIGUSR2: no step done, nothing saved" in launch.log
+    assert f"continue with: hpc-ppo run {run_dir}" in launch.log
+    assert ckpt.complete_steps(run_dir) == [] and rows(run_dir) == []
+
+    again = Launch(tmp_path / "again.log", "run", str(run_dir))
+    assert again.wait(timeout=300) == 0, again.log
+    assert sorted(history(run_dir)) == [0, 1]
+    _, runs = mlflow_runs(run_dir)
+    assert [r.info.status for r in runs] == ["FINISHED"]

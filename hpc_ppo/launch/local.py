@@ -17,6 +17,7 @@ from pathlib import Path
 
 from hpc_ppo.config import Config
 from hpc_ppo.launch.env import find_free_port
+from hpc_ppo.preempt import STOP_SIGNALS, stop_signals_blocked
 
 
 def launch_local(cfg: Config, run_dir: Path) -> int:
@@ -24,21 +25,7 @@ def launch_local(cfg: Config, run_dir: Path) -> int:
     n = cfg.trainer.nprocs
     port = find_free_port()
     threads = cfg.trainer.threads_per_rank or max(1, (os.cpu_count() or 1) // n)
-    procs = []
-    for rank in range(n):
-        env = {
-            **os.environ,
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": str(n),
-            "LOCAL_WORLD_SIZE": str(n),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "OMP_NUM_THREADS": str(threads),
-        }
-        procs.append(
-            subprocess.Popen([sys.executable, "-m", "hpc_ppo.rank", str(run_dir)], env=env)
-        )
+    procs: list[subprocess.Popen] = []
 
     # A stop request for the launcher is a stop request for every rank: they agree, save and
     # exit 0 by themselves (Ctrl-C in a terminal already reaches them through the process group).
@@ -47,10 +34,25 @@ def launch_local(cfg: Config, run_dir: Path) -> int:
             if p.poll() is None:
                 p.send_signal(signum)
 
-    previous = {
-        sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
-    }
+    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
     try:
+        for rank in range(n):
+            env = {
+                **os.environ,
+                "RANK": str(rank),
+                "LOCAL_RANK": str(rank),
+                "WORLD_SIZE": str(n),
+                "LOCAL_WORLD_SIZE": str(n),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                "OMP_NUM_THREADS": str(threads),
+            }
+            # Blocked across the exec, a stop signal waits for the rank's handlers (hpc_ppo.rank
+            # unblocks it) instead of killing the interpreter as it starts. Ranks agree on a
+            # stop, so reaching the ranks already started is enough.
+            with stop_signals_blocked():
+                cmd = [sys.executable, "-m", "hpc_ppo.rank", str(run_dir)]
+                procs.append(subprocess.Popen(cmd, env=env))
         return _wait_all(procs)
     finally:
         for sig, handler in previous.items():

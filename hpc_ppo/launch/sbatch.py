@@ -5,7 +5,7 @@
 The rendered script asks for `slurm.*` resources (one task per GPU), runs `slurm.setup`, then
 `hpc-ppo prepare` in the batch shell (validates, creates the run folder
 `<output_dir>/<name>-$SLURM_JOB_ID`: the same folder after a requeue) and
-`srun python -m hpc_ppo.rank RUN_DIR`, the entry every rank runs.
+`srun $HPC_PPO_HOLD python -u -m hpc_ppo.rank RUN_DIR`, the entry every rank runs (`task_command`).
 
 Quoting: every config value and override that reaches a script is quoted with shlex.quote
 (sbatch strips those quotes from #SBATCH lines too), and values that go into #SBATCH lines may
@@ -35,6 +35,7 @@ from hpc_ppo.config import (
 )
 from hpc_ppo.errors import ConfigError
 from hpc_ppo.launch.env import LAUNCHER_VARS
+from hpc_ppo.preempt import HOLD_SIGNALS
 
 
 def time_minutes(text: str) -> int:
@@ -54,13 +55,22 @@ def pythonpath_setup() -> list[str]:
 
 def job_setup(cfg: Config) -> list[str]:
     """Shell lines every hpc-ppo batch script runs before its ranks start."""
+    probe = HOLD_SIGNALS.split(",")[0]
     return [
         f"unset {' '.join(LAUNCHER_VARS)}",
         # torch would start one thread per core in every task of a node
         "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}",
+        "# tasks start with the stop signals blocked: pending, not fatal, until hpc-ppo's handlers",
+        "# exist (hpc_ppo.preempt). Needs coreutils env >= 8.31; empty otherwise",
+        f"HPC_PPO_HOLD=$({probe} true 2>/dev/null && echo {shlex.quote(HOLD_SIGNALS)} || true)",
         *pythonpath_setup(),
         *cfg.slurm.setup,
     ]
+
+
+def task_command(python: str, run_dir: str) -> str:
+    """What srun runs in every task (after job_setup); `python`, `run_dir` are shell words."""
+    return f"$HPC_PPO_HOLD {python} -u -m hpc_ppo.rank {run_dir}"
 
 
 def _comment(text: str) -> str:
@@ -160,7 +170,7 @@ def render_sbatch(
         "",
         "# One rank per task. --kill-on-bad-exit: a failing rank ends the step instead of leaving",
         "# the others blocked in a collective.",
-        'srun --kill-on-bad-exit=1 "$PYTHON" -m hpc_ppo.rank "$RUN_DIR"',
+        "srun --kill-on-bad-exit=1 " + task_command('"$PYTHON"', '"$RUN_DIR"'),
         "",
     ]
     return "\n".join(lines)

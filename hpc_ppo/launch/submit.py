@@ -3,11 +3,14 @@
     hpc-ppo submit configs/qwen2-7b.yaml slurm.partition=gpu    # prints job_id: and run_dir:
     hpc-ppo submit configs/qwen2-7b.yaml --dry-run              # prints the batch script only
 
-Every task calls `hpc_ppo.rank.main(run_dir)`; submitit pickles that call into `<run_dir>/slurm`
-and starts the tasks with the submitter's interpreter (sys.executable). A plain function, not a
-submitit Checkpointable: the ranks install their own USR2/TERM handlers after submitit's, agree
-to stop, save a checkpoint and requeue (hpc_ppo.preempt), which submitit's rank-0-only
-checkpoint() cannot do for a sharded model.
+submitit renders the batch script (#SBATCH lines from `submitit_parameters`), runs sbatch and
+names the logs in `<run_dir>/slurm`; every task runs the rank entry `python -m hpc_ppo.rank
+RUN_DIR` directly (`task_command`), not submitit's pickled-function runner. That runner would
+let a stop signal kill a task while it unpickles (its handlers come after), answer USR2 with its
+rank-0-only checkpoint() (no sharded save) and, on every stop, log "Job completed successfully"
+and write a result pickle. The ranks handle stops themselves (hpc_ppo.preempt): agree, save,
+requeue. Without a result pickle, follow a job with `hpc-ppo status`, not submitit's
+`job.result()`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hpc_ppo.config import Config, parse_extra_option
-from hpc_ppo.launch.sbatch import job_setup, time_minutes
+from hpc_ppo.launch.sbatch import job_setup, task_command, time_minutes
 from hpc_ppo.launch.status import record_job
 
 # sbatch's error text -> the config key to change, and where to look for valid values.
@@ -85,19 +88,21 @@ def submitit_folder(run_dir: Path) -> Path:
     return (run_dir / "slurm").expanduser().absolute()
 
 
+def rank_command(run_dir: Path) -> str:
+    """srun's command in every task: the rank entry under the submitter's interpreter."""
+    return task_command(shlex.quote(sys.executable), shlex.quote(str(run_dir.absolute())))
+
+
 def batch_script(cfg: Config, run_dir: Path) -> str:
     """The batch script `submit(cfg, run_dir)` hands to sbatch, rendered without Slurm."""
     # submitit renders through this module-level function in SlurmExecutor as well; it needs no
     # srun, which the executor's constructor insists on.
     from submitit.slurm.slurm import _make_sbatch_string
 
-    folder = submitit_folder(run_dir)
-    # = SlurmExecutor._submitit_command_str
-    command = " ".join(
-        [shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))]
-    )
     params = submitit_parameters(cfg, cfg.slurm.job_name or run_dir.name)
-    return _make_sbatch_string(command=command, folder=folder, **params)
+    return _make_sbatch_string(
+        command=rank_command(run_dir), folder=submitit_folder(run_dir), **params
+    )
 
 
 def log_path(run_dir: Path, job_id: str, task: int = 0) -> Path:
@@ -122,16 +127,16 @@ def submit(cfg: Config, run_dir: Path) -> str:
     from submitit import SlurmExecutor
     from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-    from hpc_ppo.rank import main as rank_main
-
     try:
         require_sbatch()
         executor = SlurmExecutor(folder=submitit_folder(run_dir))
+        submitit_folder(run_dir).mkdir(parents=True, exist_ok=True)  # submit() would make it
         executor.update_parameters(**submitit_parameters(cfg, cfg.slurm.job_name or run_dir.name))
         # submitit prints sbatch's stderr itself; we show it once, with the hint
         with contextlib.redirect_stderr(io.StringIO()):
             try:
-                job = executor.submit(rank_main, str(run_dir))
+                # A command, not a pickled function: see the module docstring.
+                job = executor._submit_command(rank_command(run_dir))
             except (FailedJobError, FailedSubmissionError) as e:
                 raise SubmitError(explain_sbatch_error(str(e), cfg)) from None
     except BaseException:

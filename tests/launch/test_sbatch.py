@@ -25,6 +25,9 @@ TINY = str(ROOT / "configs" / "tiny-cpu.yaml")
 QWEN7B = str(ROOT / "configs" / "qwen2-7b.yaml")
 TEMPLATE = ROOT / "sbatch" / "ppo-multinode.sbatch"
 
+# What srun runs in front of the rank where coreutils' env can block signals (hpc_ppo.preempt).
+HOLD = ["env", "--block-signal=USR2,TERM,INT"]
+
 RECORDER = """import json, sys
 with open(sys.argv[1], "a") as f:
     f.write(json.dumps(sys.argv[2:]) + "\\n")
@@ -97,7 +100,9 @@ def test_render_for_eight_gpus_per_node():
     lines = text.splitlines()
     assert "module load cuda/12.8" in lines
     assert lines.index("module load cuda/12.8") < lines.index("set -euo pipefail")
-    assert 'srun --kill-on-bad-exit=1 "$PYTHON" -m hpc_ppo.rank "$RUN_DIR"' in lines
+    assert (
+        'srun --kill-on-bad-exit=1 $HPC_PPO_HOLD "$PYTHON" -u -m hpc_ppo.rank "$RUN_DIR"' in lines
+    )
     assert '"$PYTHON" -m hpc_ppo.cli prepare "$CONFIG" slurm.nodes=2 --run-dir "$RUN_DIR"' in lines
     # every #SBATCH line precedes the first command (sbatch stops reading at it)
     first_command = next(i for i, x in enumerate(lines) if x and not x.startswith("#"))
@@ -150,7 +155,16 @@ def test_no_config_value_runs_as_shell_code(sandbox):
     assert calls() == [
         # the overrides arrive byte for byte, newline included
         ["python", "-m", "hpc_ppo.cli", "prepare", TINY, *overrides, "--run-dir", run_dir],
-        ["srun", "--kill-on-bad-exit=1", str(bin_dir / "python"), "-m", "hpc_ppo.rank", run_dir],
+        [
+            "srun",
+            "--kill-on-bad-exit=1",
+            *HOLD,
+            str(bin_dir / "python"),
+            "-u",
+            "-m",
+            "hpc_ppo.rank",
+            run_dir,
+        ],
     ]
     opts = sbatch_options(script.read_text())
     assert opts["job-name"] == "`touch pwned6` && touch pwned7"
@@ -252,6 +266,15 @@ def test_multinode_template_runs_prepare_then_srun(sandbox):
             "--run-dir",
             "runs/tiny-cpu-123",
         ],
-        ["srun", "--kill-on-bad-exit=1", "python", "-m", "hpc_ppo.rank", "runs/tiny-cpu-123"],
+        [
+            "srun",
+            "--kill-on-bad-exit=1",
+            *HOLD,
+            "python",
+            "-u",
+            "-m",
+            "hpc_ppo.rank",
+            "runs/tiny-cpu-123",
+        ],
     ]
     assert run_script(TEMPLATE, tmp, bin_dir).returncode == 2  # no config given

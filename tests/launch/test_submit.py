@@ -7,6 +7,7 @@ Run: python -m pytest tests/launch/test_submit.py -q
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 from helpers import CONFIGS, TINY, write_executable
@@ -157,8 +158,10 @@ def test_dry_run_script_for_eight_gpus_with_setup(no_slurm):
         < setup
     )
     srun = next(line for line in lines if line.startswith("srun "))
-    assert "--kill-on-bad-exit=1" in srun and "-m submitit.core._submit" in srun
-    assert srun.endswith(f"{no_slurm}/runs/r1/slurm")
+    assert "--kill-on-bad-exit=1" in srun
+    # the rank entry itself, not submitit's pickled-function runner (hpc_ppo.launch.submit)
+    assert srun.endswith(f"$HPC_PPO_HOLD {sys.executable} -u -m hpc_ppo.rank {no_slurm}/runs/r1")
+    assert "HPC_PPO_HOLD=$(env --block-signal=USR2 true" in text
 
 
 def test_cli_dry_run_of_the_7b_example_without_slurm_or_model(no_slurm, capsys):
@@ -250,14 +253,9 @@ def test_submit_hands_sbatch_the_dry_run_script_and_records_the_job(fake_slurm, 
     assert (run_dir / "config.yaml").is_file()
     assert status.read_job_id(run_dir) == "4242"
     assert (run_dir.parent / ".jobs" / "4242").read_text().strip() == str(run_dir)
-    # the pickled call: hpc_ppo.rank.main(run_dir), a plain importable function
-    from submitit.core.utils import DelayedSubmission
-
-    from hpc_ppo.rank import main as rank_main
-
-    delayed = DelayedSubmission.load(run_dir / "slurm" / "4242_submitted.pkl")
-    assert delayed.function is rank_main
-    assert delayed.args == (str(run_dir),)
+    # nothing pickled: the tasks run `python -m hpc_ppo.rank RUN_DIR`, not submitit's runner
+    assert not list((run_dir / "slurm").rglob("*.pkl"))
+    assert (run_dir / "slurm" / "4242_submission.sh").read_text() == dry
 
 
 def test_refused_submit_names_the_key_and_removes_the_run_folder(fake_slurm, capsys, monkeypatch):

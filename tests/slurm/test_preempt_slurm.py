@@ -17,6 +17,7 @@ The seconds from the signal to the ranks' exit are printed next to the median st
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -298,8 +299,9 @@ def test_scontrol_requeue_sends_term_saves_and_continues(slurm_cluster, submit, 
         [stop] = stops
         assert stop.signal == "SIGTERM", job.explain()
         assert stop.step == before == resumed, (stop, before, resumed)
-        # rank 0 saw the job already on its way back and left it to Slurm
-        assert re.search(rf"Slurm job {job.id} is \S+: ended by Slurm", job.log()), job.explain()
+        # rank 0 saw the job already on its way back and left it to Slurm, saying so plainly
+        said = f"INFO hpc_ppo.preempt: Slurm requeued job {job.id} (scontrol requeue / preemption);"
+        assert f"{said} it will resume from step_{stop.step}" in job.log(), job.explain()
         report(capsys, job, "scontrol requeue")
     else:  # killed first: the previous periodic checkpoint, the steps after it are redone
         assert resumed % 3 == 0 and 3 <= resumed <= before, (resumed, before)
@@ -358,3 +360,94 @@ def test_scancel_saves_on_term_and_the_job_stays_cancelled(slurm_cluster, submit
     [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.status == "KILLED"
     report(capsys, job, "scancel")
+
+
+# ---------------------------------------------------------------- a stop in a task's first seconds
+
+# Offsets (s) after the first task of a job starts: its interpreter starting (0), importing
+# torch (0.5-1.5), connecting to the other rank (2). A stop request there used to kill the task
+# with the signal's default action: job FAILED (exit code 140), never requeued.
+USR2_OFFSETS_S = (0.0, 0.5, 1.0, 2.0)
+PREEMPT_OFFSETS_S = (0.0, 1.0, 2.0)
+_HZ = os.sysconf("SC_CLK_TCK")
+
+
+def task_age(run_dir: Path) -> float | None:
+    """Seconds since the job's first task started, None before. The local cluster's nodes are
+    this host, so /proc shows the tasks (`[env --block-signal=...] python -u -m hpc_ppo.rank
+    RUN_DIR`; srun's own command line holds the same words)."""
+    now, ages = float(Path("/proc/uptime").read_text().split()[0]), []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"hpc_ppo.rank" in argv and str(run_dir).encode() in argv and b"srun" not in argv[0]:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                ages.append(now - int(stat.rsplit(")", 1)[1].split()[19]) / _HZ)
+        except OSError:  # gone meanwhile
+            continue
+    return max(ages, default=None)
+
+
+def at_task_age(job: Job, offset_s: float, action: Callable[[], object]) -> float:
+    """Run `action` `offset_s` after the job's first task started; returns the age it ran at."""
+    deadline = time.monotonic() + PHASE_TIMEOUT_S
+    while (age := task_age(job.run_dir)) is None:  # a tight loop: offset 0 is the point
+        assert time.monotonic() < deadline, f"no task started\n{job.explain()}"
+        time.sleep(0.01)
+    time.sleep(max(0.0, offset_s - age))
+    age = task_age(job.run_dir) or 0.0
+    action()
+    return age
+
+
+def check_honoured(job: Job, signal_name: str) -> str:
+    """The ranks took the stop, requeued the job themselves, and it then completed: one
+    MLflow run, every step logged once. Returns how the stop was taken."""
+    job.wait_completed(restarts=1)
+    logs = job.log() + job.log(1)
+    assert "User defined signal" not in logs, job.explain()
+    assert "Job completed successfully" not in logs, job.explain()  # no submitit runner
+    assert not list((job.run_dir / "slurm").glob("*.pkl")), "a result pickle claims an end"
+    assert f"INFO hpc_ppo.preempt: requeued Slurm job {job.id}" in job.log(), job.explain()
+    # before the process group (rank.py), before the first step (Trainer.fit), or after one
+    taken = re.search(rf"stop requested by {signal_name}[ :]([^;]*);", job.log())
+    assert taken, job.explain()
+    if job.stops():
+        [stop] = job.stops()
+        assert stop.step == job.resumes()[0], job.explain()
+    assert sorted(history(job)) == list(range(job.steps))
+    check_mlflow(job, restarts=1)
+    return taken[1].strip()
+
+
+def test_usr2_in_a_tasks_first_seconds_is_honoured(slurm_cluster, submit, capsys):
+    """`scancel --signal=USR2` (what `--signal=USR2@lead` sends) aimed at 0-2 s after a task
+    started. Two jobs fit at once (1 CPU per node each); the signals go one job at a time."""
+    aimed = []
+    for offset in USR2_OFFSETS_S:
+        job = submit(f"usr2-{offset}", 3)
+        usr2 = ["scancel", "--signal=USR2", job.id]
+        aimed.append((job, offset, at_task_age(job, offset, lambda c=usr2: slurm_cluster.run(c))))
+    for job, offset, age in aimed:
+        how = check_honoured(job, "SIGUSR2")
+        with capsys.disabled():
+            print(f"\n[USR2 at {offset:.1f} s] sent at task age {age:.2f} s: stopped {how}")
+
+
+def test_preemption_in_a_tasks_first_seconds_is_honoured(slurm_cluster, submit, tmp_path, capsys):
+    """A high-priority job arrives 0-2 s after a task of the low job started (as when it
+    lands while a requeued job restarts): USR2 (preempt_send_user_signal), GraceTime 10 s."""
+    high: list[int] = []
+    sbatch_high = [
+        "-p", "high", "-N2", "--ntasks-per-node=2", f"--output={tmp_path}/high.out",
+        "--wrap", "sleep 2",
+    ]  # fmt: skip
+    for offset in PREEMPT_OFFSETS_S:
+        # 1 task x 2 CPUs on each node fills both; the high job needs every CPU of both.
+        job = submit(f"preempt-{offset}", 3, "slurm.cpus_per_task=2", "slurm.partition=debug")
+        age = at_task_age(job, offset, lambda: high.append(slurm_cluster.sbatch(*sbatch_high)))
+        submit.ids.append(str(high[-1]))
+        assert slurm_cluster.wait_job(high[-1], timeout=PHASE_TIMEOUT_S) == "COMPLETED"
+        how = check_honoured(job, "SIGUSR2")
+        with capsys.disabled():
+            print(f"\n[preemption at {offset:.1f} s] high job at task age {age:.2f} s: {how}")

@@ -82,10 +82,13 @@ def test_submit_two_nodes_runs_to_completion_and_status_reports_it(slurm_cluster
     assert state == "COMPLETED", log0.read_text()
     info = slurm_cluster.job_info(int(job_id))
     assert (info["NumNodes"], info["NumTasks"]) == ("2", "2")
-    # world size 2: one task per "node", as submitit's JobEnvironment saw it in each task
-    assert "hostname=n1, local_rank=0(1), node=0(2), global_rank=0(2)" in log0.read_text()
+    # world size 2: one task per "node", as each rank resolved it from SLURM_*
+    assert "hpc-ppo: rank 0 of 2 on n1 (local rank 0 of 1, slurm)" in log0.read_text()
     log1 = (run_dir / "slurm" / f"{job_id}_1_log.out").read_text()
-    assert "hostname=n2, local_rank=0(1), node=1(2), global_rank=1(2)" in log1
+    assert "hpc-ppo: rank 1 of 2 on n2 (local rank 0 of 1, slurm)" in log1
+    # the tasks run the rank entry, not submitit's runner: no result pickle, no "completed"
+    assert not list((run_dir / "slurm").glob("*.pkl"))
+    assert "Job completed successfully" not in log0.read_text()
 
     assert logged_steps(run_dir) == [0, 1, 2]
     runs = mlflow_runs(run_dir)
@@ -148,9 +151,8 @@ def test_rendered_script_runs_under_plain_sbatch(slurm_cluster, tmp_path):
 
 
 def test_submitted_job_stops_on_usr2_requeues_and_resumes(slurm_cluster, tmp_path):
-    """The submit path end to end with a stop request: submitit's own USR2 handler must not win
-    (the ranks save and requeue), --requeue lets the job run again under the same id, and
-    --open-mode=append keeps the first run's log."""
+    """The submit path end to end with a stop request: the ranks save and requeue, --requeue
+    lets the job run again under the same id, and --open-mode=append keeps the first run's log."""
     proc = hpc_ppo(
         slurm_cluster,
         "submit",
@@ -170,7 +172,7 @@ def test_submitted_job_stops_on_usr2_requeues_and_resumes(slurm_cluster, tmp_pat
     log0 = (run_dir / "slurm" / f"{job_id}_0_log.out").read_text()
     assert state == "COMPLETED", log0
     assert slurm_cluster.job_info(int(job_id))["Restarts"] == "1"
-    assert log0.count("Starting with JobEnvironment") == 2  # both runs, one appended log
+    assert log0.count("hpc-ppo: rank 0 of 2 on n1") == 2  # both runs, one appended log
     assert logged_steps(run_dir) == list(range(8))  # each step once, across the restart
     st = hpc_ppo(slurm_cluster, "status", job_id, "--output-dir", str(tmp_path / "runs"))
     assert field(st.stdout, "restarts") == "1"
