@@ -76,6 +76,7 @@ class Trainer:
             self.micro,
             t.batch_size // a.mini_batch_size,
             cfg.rollout.temperature,
+            t.total_steps,
             self.models.policy,
             cfg.actor,
             self.models.critic,
@@ -174,9 +175,7 @@ class Trainer:
             stats = self.optim.run(batch, seed + 1)
         finished = sum(s.finished for s in samples) / len(samples)
         memory = gpu_memory(self.device, self.engine)
-        metrics = step_metrics(batch, finished, stats, kl_ref, timer, memory)
-        metrics["actor/lr"] = self.optim.lr
-        return metrics
+        return step_metrics(batch, finished, stats, kl_ref, timer, memory)
 
     def save(self, done: int, metrics: dict[str, float] | None, final: bool = True) -> float:
         """Checkpoint after `done` steps; the seconds it blocked training (see Checkpointer).

@@ -134,7 +134,16 @@ class OptimConfig:
     lr: float = _spec(1e-6, gt=0.0, lt=1.0, doc="AdamW learning rate")
     weight_decay: float = _spec(0.0, ge=0.0, doc="AdamW weight decay")
     betas: tuple[float, float] = _spec((0.9, 0.999), doc="AdamW betas")
-    warmup_steps: int = _spec(0, ge=0, doc="linear LR warmup, then constant")
+    lr_scheduler: str = _spec(
+        "constant",
+        choices=("constant", "cosine", "linear"),
+        doc="LR after the warmup: constant, or decayed to lr * min_lr_ratio at trainer.total_steps",
+    )
+    warmup_steps: int = _spec(0, ge=0, doc="linear LR warmup steps (or warmup_ratio)")
+    warmup_ratio: float = _spec(
+        0.0, ge=0.0, lt=1.0, doc="warmup as a share of trainer.total_steps (or warmup_steps)"
+    )
+    min_lr_ratio: float = _spec(0.0, ge=0.0, le=1.0, doc="cosine/linear: final LR / lr")
     grad_clip: float = _spec(1.0, gt=0.0, doc="max gradient norm")
 
 

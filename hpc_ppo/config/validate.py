@@ -112,6 +112,13 @@ def _check_cross_fields(cfg: Config, errors: list[str], check_paths: bool) -> No
             errors.append(
                 f"{section}.betas={list(betas)}: each beta must be in [0, 1) (Adam's moment decay rates)"
             )
+    for section in ("actor", "critic"):
+        oc = getattr(cfg, section)
+        if oc.warmup_steps > 0 and oc.warmup_ratio > 0:
+            errors.append(
+                f"{section}.warmup_steps={oc.warmup_steps} and {section}.warmup_ratio="
+                f"{oc.warmup_ratio}: give the warmup one way; set the other to 0"
+            )
     if a.name == "grpo" and r.n < 2:
         errors.append(
             f"rollout.n={r.n}: GRPO needs at least 2 samples per prompt to normalise by group"
