@@ -29,7 +29,7 @@ from hpc_ppo.logprobs import old_ref_logprobs_and_values
 from hpc_ppo.metrics import PhaseTimer, gpu_memory, step_metrics
 from hpc_ppo.model import build_models, build_tokenizer, full_state_iter
 from hpc_ppo.preempt import StopFlag, save_on_stop
-from hpc_ppo.reward import resolve_reward_fn, score_samples
+from hpc_ppo.reward import resolve_rewards, score_samples
 from hpc_ppo.rollout.base import SamplingSpec
 from hpc_ppo.rollout.cycle import rollout
 from hpc_ppo.rollout.make import make_engine
@@ -61,7 +61,7 @@ class Trainer:
         self.tokenizer = build_tokenizer(cfg.model)
         self.prompts = task_prompts(cfg.data, t.seed)
         self.sampler = PromptSampler(len(self.prompts), t.batch_size, t.seed, cfg.data.shuffle)
-        self.reward_fn = resolve_reward_fn(cfg.reward.fn)
+        self.rewards = resolve_rewards(cfg.reward)
         self.engine = make_engine(cfg, self.tokenizer, device, run_dir)
         # Seed after the engine: vLLM re-seeds the process when it starts (DESIGN.md).
         random.seed(t.seed + rank)
@@ -147,7 +147,7 @@ class Trainer:
             self.engine,
             full_state_iter(self.models.policy, self._push_dtype()),
             [
-                encode_prompt(self.tokenizer, p.text, d.chat_template, d.max_prompt_tokens)
+                encode_prompt(self.tokenizer, p, d.chat_template, d.max_prompt_tokens)
                 for p in prompts
             ],
             SamplingSpec(r.n, r.temperature, r.top_p, r.max_new_tokens, seed=seed),
@@ -162,7 +162,7 @@ class Trainer:
             return None
         with timer("reward"):  # a user function: every rank stops together if one fails
             scores = agree_on_failure(
-                lambda: score_samples(self.reward_fn, self._decode, prompts, samples)
+                lambda: score_samples(self.rewards, self._decode, prompts, samples)
             )
         if cfg.trainer.balance_tokens and self.world > 1:
             samples, scores = balance_groups(samples, scores, r.n, self.rank, self.world)

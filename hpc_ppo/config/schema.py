@@ -77,9 +77,19 @@ class SyntheticDataConfig:
 
 @dataclass
 class DataConfig:
-    path: str | None = _spec(None, doc=".jsonl or .parquet prompts; null = synthetic task")
-    prompt_key: str = _spec("prompt", doc="field holding the prompt text")
-    answer_key: str | None = _spec("answer", doc="field holding the ground truth (or null)")
+    path: str | list[str] | None = _spec(
+        None, doc=".jsonl or .parquet prompt file, or a list of them; null = synthetic task"
+    )
+    prompt_key: str = _spec(
+        "prompt",
+        doc="field holding the prompt: a string, or chat messages (rendered with the "
+        "chat template)",
+    )
+    answer_key: str | None = _spec(
+        "answer",
+        doc="field holding the ground truth, dotted if nested (reward_model."
+        "ground_truth); null: none",
+    )
     max_prompt_tokens: int = _spec(256, ge=1, doc="longer prompts are cut from the left")
     chat_template: bool = _spec(False, doc="wrap prompts with the tokenizer's chat template")
     shuffle: bool = _spec(True, doc="reshuffle prompts every epoch")
@@ -89,6 +99,11 @@ class DataConfig:
 @dataclass
 class RewardConfig:
     fn: str = _spec("letters", doc="builtin name or 'pkg.module:function'")
+    by_source: list[str] = _spec(
+        factory=list,
+        doc="source=reward items (reward as in reward.fn), e.g. openai/gsm8k=gsm8k; other "
+        "sources use reward.fn",
+    )
 
 
 @dataclass

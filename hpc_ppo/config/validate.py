@@ -156,12 +156,14 @@ def _check_cross_fields(cfg: Config, errors: list[str], check_paths: bool) -> No
                 f"model.tiny.num_key_value_heads={tiny.num_key_value_heads} must divide model.tiny.num_attention_heads={tiny.num_attention_heads}"
             )
     count, source = cfg.data.synthetic.num_prompts, "data.synthetic.num_prompts"
+    sources: set[str] | None = None  # the data's sources, where the files were read
     if check_paths and cfg.data.path is not None:
         from hpc_ppo.data import validate_prompt_file
 
         try:
-            count = validate_prompt_file(cfg.data.path, cfg.data.prompt_key, cfg.data.answer_key)
-            source = f"data.path={cfg.data.path} holds {count} prompts"
+            prompts = validate_prompt_file(cfg.data.path, cfg.data.prompt_key, cfg.data.answer_key)
+            count, sources = len(prompts), {p.source for p in prompts}
+            source = f"data.path={_shown(cfg.data.path)} holds {count} prompts"
         except ConfigError as e:
             errors.append(str(e))
     if (cfg.data.path is None or check_paths) and count < t.batch_size:
@@ -171,16 +173,44 @@ def _check_cross_fields(cfg: Config, errors: list[str], check_paths: bool) -> No
             f"{what}, fewer than trainer.batch_size={t.batch_size} (prompts per step): lower "
             "trainer.batch_size or add prompts"
         )
-    from hpc_ppo.reward import resolve_reward_fn
-
-    try:
-        resolve_reward_fn(cfg.reward.fn)
-    except ConfigError as e:
-        errors.append(str(e))
+    errors.extend(_reward_errors(cfg, sources))
     if r.engine == "vllm" and t.device == "cpu":
         errors.append(
             "rollout.engine=vllm needs trainer.device=cuda (or auto on a GPU node); use rollout.engine=hf on CPU"
         )
+
+
+def _reward_errors(cfg: Config, sources: set[str] | None) -> list[str]:
+    """Every reward resolves (a built-in, or an importable function of the right signature);
+    each reward.by_source name is a source of the data, when the files were read."""
+    from hpc_ppo.reward import parse_by_source, resolve_reward_fn
+
+    errors = []
+    try:
+        by_source = parse_by_source(cfg.reward.by_source)
+    except ConfigError as e:
+        return [str(e)]
+    specs = {"reward.fn": cfg.reward.fn}
+    specs.update({f"reward.by_source[{i}]": v for i, v in enumerate(by_source.values())})
+    for key, spec in specs.items():
+        try:
+            resolve_reward_fn(spec, key)
+        except ConfigError as e:
+            errors.append(str(e))
+    if sources is not None:
+        for name in by_source:
+            if name not in sources:
+                close = difflib.get_close_matches(name, sorted(sources), n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                errors.append(
+                    f"reward.by_source: no row of the data has source {name!r}; {hint}sources:"
+                    f" {', '.join(sorted(sources))} (a row's data_source, else its file's name)"
+                )
+    return errors
+
+
+def _shown(path: str | list[str]) -> str:
+    return path if isinstance(path, str) else f"[{', '.join(path)}]"
 
 
 def world_size_for(cfg: Config, launcher: Launcher) -> int:
