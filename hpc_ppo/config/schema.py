@@ -80,6 +80,9 @@ class DataConfig:
     path: str | list[str] | None = _spec(
         None, doc=".jsonl or .parquet prompt file, or a list of them; null = synthetic task"
     )
+    val_path: str | list[str] | None = _spec(
+        None, doc="held-out prompt file(s), same layout as data.path; see trainer.val_every"
+    )
     prompt_key: str = _spec(
         "prompt",
         doc="field holding the prompt: a string, or chat messages (rendered with the "
@@ -104,6 +107,9 @@ class RewardConfig:
         doc="source=reward items (reward as in reward.fn), e.g. openai/gsm8k=gsm8k; other "
         "sources use reward.fn",
     )
+    pass_threshold: float = _spec(
+        1.0, doc="a validation sample passes (val/pass_at_<k>) when its reward is >= this"
+    )
 
 
 @dataclass
@@ -112,6 +118,10 @@ class RolloutConfig:
     n: int = _spec(4, ge=1, le=1024, doc="samples per prompt")
     temperature: float = _spec(1.0, gt=0.0, le=10.0, doc="sampling temperature")
     top_p: float = _spec(1.0, gt=0.0, le=1.0, doc="nucleus sampling")
+    val_n: int = _spec(1, ge=1, le=1024, doc="validation: samples per prompt (>1: val/pass_at_<k>)")
+    val_temperature: float = _spec(
+        0.0, ge=0.0, le=10.0, doc="validation: sampling temperature; 0 = greedy"
+    )
     max_new_tokens: int = _spec(16, ge=1, doc="response length cap")
     chunks: int = _spec(
         1, ge=1, doc="generate in this many calls; stop requests are checked between"
@@ -200,6 +210,13 @@ class TrainerConfig:
     )
     balance_tokens: bool = _spec(
         False, doc="move whole prompt groups between ranks to even out tokens"
+    )
+    val_every: int = _spec(
+        0, ge=0, doc="validate on data.val_path every N steps and after the last (0: never)"
+    )
+    val_before_train: bool = _spec(False, doc="validate at step 0, before any training")
+    val_sample_prompts: int = _spec(
+        16, ge=0, doc="prompts whose responses each validation writes to val/step_<N>.jsonl"
     )
     save_every: int = _spec(0, ge=0, doc="checkpoint every N steps (0: only at the end / on stop)")
     keep_checkpoints: int = _spec(2, ge=2, doc="complete checkpoints kept")

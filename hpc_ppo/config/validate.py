@@ -173,11 +173,37 @@ def _check_cross_fields(cfg: Config, errors: list[str], check_paths: bool) -> No
             f"{what}, fewer than trainer.batch_size={t.batch_size} (prompts per step): lower "
             "trainer.batch_size or add prompts"
         )
+    errors.extend(_validation_errors(cfg, check_paths, sources))
     errors.extend(_reward_errors(cfg, sources))
     if r.engine == "vllm" and t.device == "cpu":
         errors.append(
             "rollout.engine=vllm needs trainer.device=cuda (or auto on a GPU node); use rollout.engine=hf on CPU"
         )
+
+
+def _validation_errors(cfg: Config, check_paths: bool, sources: set[str] | None) -> list[str]:
+    """Validation needs held-out prompts; greedy decoding needs one sample. Adds the validation
+    set's sources to `sources` (reward.by_source may name them)."""
+    t, r, d = cfg.trainer, cfg.rollout, cfg.data
+    errors = []
+    if d.val_path is None and (t.val_every > 0 or t.val_before_train):
+        what = f"trainer.val_every={t.val_every}" if t.val_every else "trainer.val_before_train"
+        errors.append(f"{what} needs held-out prompts: set data.val_path=<.jsonl or .parquet>")
+    if r.val_temperature == 0 and r.val_n > 1:
+        errors.append(
+            f"rollout.val_n={r.val_n} with rollout.val_temperature=0 (greedy) gives {r.val_n}"
+            " identical responses: set rollout.val_n=1 or a rollout.val_temperature > 0"
+        )
+    if check_paths and d.val_path is not None:
+        from hpc_ppo.data import validate_prompt_file
+
+        try:
+            found = validate_prompt_file(d.val_path, d.prompt_key, d.answer_key, "data.val_path")
+            if sources is not None:
+                sources.update(p.source for p in found)
+        except ConfigError as e:
+            errors.append(str(e))
+    return errors
 
 
 def _reward_errors(cfg: Config, sources: set[str] | None) -> list[str]:

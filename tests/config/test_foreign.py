@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import pytest
 
+from hpc_ppo.config import Config
+from hpc_ppo.config.foreign import ADVICE, KEYS
+from hpc_ppo.config.reference import reference
+
 
 @pytest.mark.parametrize(
     ("override", "line"),
@@ -54,3 +58,9 @@ def test_a_verl_section_lists_each_leaf_with_its_key(tmp_path, errors_of):
         " actor_rollout_ref.rollout.n: did you mean rollout.n=8?"
         " (verl's actor_rollout_ref.rollout.n)"
     ]
+
+
+def test_every_suggested_key_exists():
+    keys = {key for key, _, _ in reference(Config())}
+    assert sorted(set(KEYS.values()) - keys) == []
+    assert not set(KEYS) & set(ADVICE)
