@@ -138,14 +138,11 @@ class Tracker:
         )
         self._warned_nonfinite: set[str] = set()
         self._artifacts_path = self.run_dir / "artifacts.json"
-        self._artifact_files: list[tuple[str, str]] = [
-            (a, b)
-            for a, b in (
-                json.loads(self._artifacts_path.read_text())
-                if self._artifacts_path.exists()
-                else []
-            )
-        ]
+        self._artifact_files: list[tuple[str, str]] = (
+            [(a, b) for a, b in json.loads(self._artifacts_path.read_text())]
+            if self._artifacts_path.exists()
+            else []
+        )
         # State shared with the worker thread, guarded by _cv.
         self._cv = threading.Condition()
         self._written = self._file.tell()  # bytes of metrics.jsonl holding whole lines
