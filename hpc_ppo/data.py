@@ -5,9 +5,17 @@
 Plain functions over plain arguments; the trainer wires them to the config. A prompt file is
 checked before anything starts by `hpc-ppo validate cfg.yaml` (through `validate_prompt_file`).
 
-Prompt files: `.jsonl` (one JSON object per line, blank lines skipped) or `.parquet`, with a
-string prompt field (`data.prompt_key`, default "prompt") and, for tasks scored against a
-ground truth, an answer field (`data.answer_key`, default "answer"; null for none).
+Prompt files: `.jsonl` (one JSON object per line, blank lines skipped) or `.parquet`, one file
+or a list (read in order, concatenated). Each row holds:
+  - the prompt (`data.prompt_key`, default "prompt"): a string, or a list of chat messages
+    ({"role": ..., "content": ...}: verl's parquet and TRL's conversational layout; trailing
+    assistant turns, TRL's `messages` reference answers, are dropped) rendered with the
+    model's chat template;
+  - the ground truth (`data.answer_key`, default "answer"; null for none), a dotted path for a
+    nested field (verl: `reward_model.ground_truth`);
+  - optionally `data_source` (verl's column; else the file's name without extension): picks
+    the row's reward (`reward.by_source`) and names its validation metrics; and `extra_info`
+    (a mapping), passed to user rewards that ask for it.
 
 The "letters" task is a synthetic task for smoke tests and CPU demos. A prompt reads
 "echo: cabd"; the reward (`letters_reward`) is the fraction of the first 8 non-space response
@@ -39,50 +47,72 @@ if TYPE_CHECKING:  # transformers is slow to import; `hpc-ppo validate` needs no
     from transformers import PreTrainedTokenizerBase
 
 SUPPORTED_EXTENSIONS = (".jsonl", ".parquet")
+SOURCE_KEY, EXTRA_KEY = "data_source", "extra_info"  # verl's column names
 LETTERS_PREFIX = "echo: "
 
 
 @dataclass(frozen=True)
 class Prompt:
-    text: str
+    text: str  # the prompt string; for chat messages, the last user message's content
     answer: str | None  # ground truth for the reward; None for tasks without one
+    source: str = ""  # data_source, or the file's stem; "" for the synthetic task
+    extra_info: dict | None = None
+    messages: tuple[dict, ...] | None = None  # a chat-format prompt, rendered with the template
 
 
 # ---------------------------------------------------------------- prompt files
 
 
 def load_prompts(
-    path: str, prompt_key: str = "prompt", answer_key: str | None = "answer"
+    paths: str | list[str],
+    prompt_key: str = "prompt",
+    answer_key: str | None = "answer",
+    field: str = "data.path",
 ) -> list[Prompt]:
-    """Read prompts from a .jsonl or .parquet file; every bad input is a one-line ConfigError."""
+    """Read prompts from .jsonl / .parquet files, in order; every bad input is a one-line
+    ConfigError naming `field` (data.path or data.val_path)."""
+    prompts: list[Prompt] = []
+    for path in [paths] if isinstance(paths, str) else paths:
+        prompts += _load_file(path, prompt_key, answer_key, field)
+    return prompts
+
+
+def _load_file(path: str, prompt_key: str, answer_key: str | None, field: str) -> list[Prompt]:
     p = Path(path)
     if not p.exists():
-        raise ConfigError(f"data.path={path}: file not found")
+        raise ConfigError(f"{field}={path}: file not found")
     if not p.is_file():
-        raise ConfigError(f"data.path={path}: is not a file")
+        raise ConfigError(f"{field}={path}: is not a file")
     suffix = p.suffix.lower()
     if suffix not in SUPPORTED_EXTENSIONS:
         raise ConfigError(
-            f"data.path={path}: unsupported file type '{p.suffix}'; "
+            f"{field}={path}: unsupported file type '{p.suffix}'; "
             f"use one of {', '.join(SUPPORTED_EXTENSIONS)}"
         )
-    rows = _jsonl_rows(p) if suffix == ".jsonl" else _parquet_rows(p, prompt_key, answer_key)
-    prompts = [_to_prompt(row, where, prompt_key, answer_key) for where, row in rows]
+    rows = (
+        _jsonl_rows(p, field)
+        if suffix == ".jsonl"
+        else _parquet_rows(p, prompt_key, answer_key, field)
+    )
+    prompts = [_to_prompt(row, where, prompt_key, answer_key, p.stem) for where, row in rows]
     if not prompts:
-        raise ConfigError(f"data.path={path}: contains no prompts")
+        raise ConfigError(f"{field}={path}: contains no prompts")
     return prompts
 
 
 def validate_prompt_file(
-    path: str, prompt_key: str = "prompt", answer_key: str | None = "answer"
-) -> int:
+    paths: str | list[str],
+    prompt_key: str = "prompt",
+    answer_key: str | None = "answer",
+    field: str = "data.path",
+) -> list[Prompt]:
     """The checks of `load_prompts`, for `hpc-ppo validate`; raises ConfigError. Returns the
-    number of prompts."""
+    prompts (their count and sources are checked against other keys)."""
     # Simplification: validating reads the whole file; fine for prompt sets (MBs, not GBs).
-    return len(load_prompts(path, prompt_key, answer_key))
+    return load_prompts(paths, prompt_key, answer_key, field)
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
+def _jsonl_rows(path: Path, field: str) -> Iterator[tuple[str, Any]]:
     try:
         with path.open(encoding="utf-8") as f:
             for lineno, line in enumerate(f, start=1):
@@ -93,68 +123,56 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ConfigError(
-                        f"data.path: {where}: invalid JSON ({e.msg} at column {e.colno})"
+                        f"{field}: {where}: invalid JSON ({e.msg} at column {e.colno})"
                     ) from None
                 if not isinstance(row, dict):
                     raise ConfigError(
-                        f"data.path: {where}: expected one JSON object per line, "
+                        f"{field}: {where}: expected one JSON object per line, "
                         f"got {_type_name(row)}"
                     )
                 yield where, row
     except UnicodeDecodeError as e:
-        raise ConfigError(f"data.path={path}: not UTF-8 text ({_one_line(e)})") from None
+        raise ConfigError(f"{field}={path}: not UTF-8 text ({_one_line(e)})") from None
 
 
-def _parquet_rows(path: Path, prompt_key: str, answer_key: str | None) -> Iterator[tuple[str, Any]]:
+def _parquet_rows(
+    path: Path, prompt_key: str, answer_key: str | None, field: str
+) -> Iterator[tuple[str, Any]]:
     import pyarrow.parquet as pq  # only parquet users pay for the import
 
     try:
         names = pq.read_schema(path).names
     except Exception as e:  # pyarrow raises several types for a bad file
         raise ConfigError(
-            f"data.path={path}: cannot read parquet ({type(e).__name__}: {_one_line(e)})"
+            f"{field}={path}: cannot read parquet ({type(e).__name__}: {_one_line(e)})"
         ) from None
     wanted = [("data.prompt_key", prompt_key)]
     if answer_key is not None:
         wanted.append(("data.answer_key", answer_key))
-    for field, key in wanted:
-        if key not in names:
+    columns = []
+    for key_field, key in wanted:
+        column = key if key in names else key.partition(".")[0]  # a nested field's column
+        if column not in names:
             raise ConfigError(
-                f"{field}={key!r} is not a column of {path} "
-                f"(columns: {', '.join(names) or 'none'}); set {field}=<one of them>"
+                f"{key_field}={key!r} is not a column of {path} "
+                f"(columns: {', '.join(names) or 'none'}); set {key_field}=<one of them>"
             )
-    table = pq.read_table(path, columns=[key for _, key in wanted])
+        columns.append(column)
+    columns += [c for c in (SOURCE_KEY, EXTRA_KEY) if c in names and c not in columns]
+    table = pq.read_table(path, columns=list(dict.fromkeys(columns)))
     for i, row in enumerate(table.to_pylist(), start=1):
         yield f"{path} row {i}", row
 
 
-def _to_prompt(row: dict, where: str, prompt_key: str, answer_key: str | None) -> Prompt:
-    if prompt_key not in row:
-        raise ConfigError(_missing_key("data.prompt_key", prompt_key, where, row))
-    text = row[prompt_key]
-    if isinstance(text, list):
-        raise ConfigError(
-            f"data.prompt_key={prompt_key!r}: {where}: chat-format prompts (a list of "
-            f"messages) are not supported yet; store the prompt as a plain string field"
-        )
-    if not isinstance(text, str):
-        raise ConfigError(
-            f"data.prompt_key={prompt_key!r}: {where}: the prompt must be a string, "
-            f"got {_type_name(text)}"
-        )
-    if not text.strip():
-        raise ConfigError(
-            f"data.prompt_key={prompt_key!r}: {where}: the prompt is empty; remove the row or "
-            "fill in its prompt"
-        )
+def _to_prompt(row: dict, where: str, prompt_key: str, answer_key: str | None, stem: str) -> Prompt:
+    text, messages = _prompt_of(row, where, prompt_key)
+    source = row.get(SOURCE_KEY)
+    source = source if isinstance(source, str) and source.strip() else stem
+    extra = row.get(EXTRA_KEY)
+    extra = extra if isinstance(extra, dict) else None
     if answer_key is None:
-        return Prompt(text=text, answer=None)
-    if answer_key not in row:
-        raise ConfigError(
-            _missing_key("data.answer_key", answer_key, where, row)
-            + " (or data.answer_key=null for a task without answers)"
-        )
-    answer = row[answer_key]
+        return Prompt(text, None, source, extra, messages)
+    answer = _field(row, answer_key, where, "data.answer_key")
     # Numbers are accepted as ground truth ({"answer": 42}); rewards compare strings.
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
         answer = str(answer)
@@ -163,7 +181,64 @@ def _to_prompt(row: dict, where: str, prompt_key: str, answer_key: str | None) -
             f"data.answer_key={answer_key!r}: {where}: the answer must be a string or a "
             f"number, got {_type_name(answer)}"
         )
-    return Prompt(text=text, answer=answer)
+    return Prompt(text, answer, source, extra, messages)
+
+
+def _prompt_of(row: dict, where: str, key: str) -> tuple[str, tuple[dict, ...] | None]:
+    """(text, messages) of a row's prompt: a string, or chat messages (text: the last user
+    message's content)."""
+    value = _field(row, key, where, "data.prompt_key")
+    if isinstance(value, list):
+        return _messages_of(value, where, key)
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"data.prompt_key={key!r}: {where}: the prompt must be a string or a list of chat "
+            f"messages, got {_type_name(value)}"
+        )
+    if not value.strip():
+        raise ConfigError(
+            f"data.prompt_key={key!r}: {where}: the prompt is empty; remove the row or "
+            "fill in its prompt"
+        )
+    return value, None
+
+
+def _messages_of(value: list, where: str, key: str) -> tuple[str, tuple[dict, ...]]:
+    for i, m in enumerate(value):
+        if not (
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+        ):
+            raise ConfigError(
+                f"data.prompt_key={key!r}: {where}: message {i} must be "
+                f'{{"role": str, "content": str}}, got {_cut(repr(m), 60)}'
+            )
+    messages = [{"role": m["role"], "content": m["content"]} for m in value]
+    while messages and messages[-1]["role"] == "assistant":  # TRL `messages`: the reference
+        messages.pop()
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    if not users or not users[-1].strip():
+        raise ConfigError(
+            f"data.prompt_key={key!r}: {where}: the chat prompt has no user message with text;"
+            " remove the row or give it one"
+        )
+    return users[-1], tuple(messages)
+
+
+def _field(row: dict, key: str, where: str, key_field: str) -> Any:
+    """row[key], or a nested field by dotted path (reward_model.ground_truth)."""
+    if key in row:
+        return row[key]
+    node: Any = row
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            message = _missing_key(key_field, key, where, node if isinstance(node, dict) else {})
+            if key_field == "data.answer_key":
+                message += " (or data.answer_key=null for a task without answers)"
+            raise ConfigError(message)
+        node = node[part]
+    return node
 
 
 def _missing_key(field: str, key: str, where: str, row: dict) -> str:
@@ -177,6 +252,10 @@ def _type_name(value: Any) -> str:
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---------------------------------------------------------------- the letters task
@@ -302,16 +381,21 @@ def task_prompts(data: DataConfig, seed: int) -> list[Prompt]:
 
 
 def encode_prompt(
-    tokenizer: PreTrainedTokenizerBase, text: str, chat_template: bool, max_tokens: int
+    tokenizer: PreTrainedTokenizerBase, prompt: Prompt, chat_template: bool, max_tokens: int
 ) -> list[int]:
-    """Token ids of a prompt (through the chat template when asked), cut from the left."""
-    if chat_template:
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+    """Token ids of a prompt, cut from the left: chat messages always go through the
+    tokenizer's chat template, a string prompt when `data.chat_template` asks."""
+    if prompt.messages is None and not chat_template:
+        return list(tokenizer(prompt.text, add_special_tokens=False)["input_ids"])[-max_tokens:]
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(
+            "the model's tokenizer has no chat template, needed for "
+            + ("chat-format prompts" if prompt.messages else "data.chat_template=true")
+            + "; use a chat model or store prompts as plain strings with data.chat_template=false"
         )
-    else:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return list(ids)[-max_tokens:]
+    messages = list(prompt.messages or [{"role": "user", "content": prompt.text}])
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])[-max_tokens:]
 
 
 def shard_for_rank(items: list, rank: int, world_size: int) -> list:

@@ -33,6 +33,11 @@ from hpc_ppo.errors import ConfigError
 
 TINY_SPECIALS = ["<pad>", "<eos>", "<unk>"]
 TINY_CHARS = string.ascii_lowercase + string.digits + " :=#.,+-*/?!"
+# "user: echo: abc assistant: ": chat-format prompts (verl / TRL layouts) work on the tiny model.
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
 
 
 def build_tokenizer(mc: ModelConfig) -> PreTrainedTokenizerBase:
@@ -61,7 +66,11 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        chat_template=TINY_CHAT_TEMPLATE,
     )
 
 

@@ -14,10 +14,22 @@ and in the experiment YAML (or `reward.fn=my_pkg.rewards:score` on the command l
 
     reward.fn: "my_pkg.rewards:score"
 
-Built-ins, by name: "exact_match", "gsm8k", "letters" (see `BUILTIN_REWARDS`). The trainer
-resolves the name once with `resolve_reward_fn` (so `hpc-ppo validate` catches a typo) and
-scores each step's responses with `score_samples` (the score stage), on the rank that
-generated them.
+The extended signature: a function that also declares `source` and/or `extra_info` gets the
+row's data source (verl's `data_source` column, else the file's stem) and its `extra_info`
+mapping (None when the row has none), by keyword:
+
+    def score(prompt, response, answer, *, source: str, extra_info: dict | None) -> float: ...
+
+A reward per data source (rows of other sources use reward.fn):
+
+    reward:
+      fn: gsm8k
+      by_source: ["openai/gsm8k=gsm8k", "lighteval/MATH=math", "mine=my_pkg.rewards:score"]
+
+Built-ins, by name: "exact_match", "gsm8k", "letters", "math" (see `BUILTIN_REWARDS`; "math"
+needs the math-verify package: pip install 'hpc-ppo[math]'). The trainer resolves the names
+once with `resolve_rewards` (so `hpc-ppo validate` catches a typo) and scores each step's
+responses with `score_samples` (the score stage), on the rank that generated them.
 
     hpc-ppo run configs/tiny-cpu.yaml reward.fn=letters     # every step scores its samples
 """
@@ -26,12 +38,16 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import inspect
 import math
 import numbers
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+from hpc_ppo.config import RewardConfig
 from hpc_ppo.data import Prompt, letters_reward
 from hpc_ppo.errors import ConfigError, UserCodeError
 from hpc_ppo.rollout.base import Sample
@@ -81,17 +97,86 @@ def _parse_number(text: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
+def math_reward(prompt: str, response: str, answer: str | None) -> float:
+    """1.0 if the response's final answer equals the ground truth by math-verify (MATH-style:
+    `\\boxed{...}`, LaTeX or plain expressions; 1/2 == 0.5 == \\frac{1}{2}), else 0.0."""
+    if answer is None:
+        raise ValueError("math needs a ground-truth answer; set data.answer_key")
+    from math_verify import parse, verify  # the optional extra; resolve_reward_fn checked it
+
+    gold = parse(answer if "\\boxed" in answer or "$" in answer else f"\\boxed{{{answer}}}")
+    return 1.0 if gold and verify(gold, parse(response)) else 0.0
+
+
 BUILTIN_REWARDS: dict[str, RewardFn] = {
     "exact_match": exact_match,
     "gsm8k": gsm8k,
     "letters": letters_reward,
+    "math": math_reward,
 }
+# Built-ins that need a package of an optional extra: (import name, pip requirement).
+_EXTRAS = {"math": ("math_verify", "'hpc-ppo[math]' (math-verify)")}
+EXTRA_ARGS = ("source", "extra_info")  # the extended signature's keyword parameters
 
 
-def resolve_reward_fn(spec: str) -> RewardFn:
+@dataclass(frozen=True)
+class Rewards:
+    """The run's reward functions: `reward.fn`, and `reward.by_source` for some sources."""
+
+    default: RewardFn
+    by_source: dict[str, RewardFn] = field(default_factory=dict)
+
+    def for_source(self, source: str) -> RewardFn:
+        return self.by_source.get(source, self.default)
+
+
+def resolve_rewards(rc: RewardConfig) -> Rewards:
+    """Every reward of the `reward` section, resolved; the first failure is a ConfigError."""
+    return Rewards(
+        resolve_reward_fn(rc.fn),
+        {
+            source: resolve_reward_fn(spec, f"reward.by_source[{i}]")
+            for i, (source, spec) in enumerate(parse_by_source(rc.by_source).items())
+        },
+    )
+
+
+def parse_by_source(items: Sequence[str]) -> dict[str, str]:
+    """["openai/gsm8k=gsm8k", ...] -> {"openai/gsm8k": "gsm8k"}; ConfigError for an item
+    without `=` or a source given twice."""
+    out: dict[str, str] = {}
+    for i, item in enumerate(items):
+        source, sep, spec = item.rpartition("=")
+        key = f"reward.by_source[{i}]={item!r}"
+        if not sep or not source.strip() or not spec.strip():
+            raise ConfigError(f"{key}: expected source=reward, e.g. openai/gsm8k=gsm8k")
+        if source in out:
+            raise ConfigError(f"{key}: source {source!r} is given twice; keep one reward for it")
+        out[source] = spec.strip()
+    return out
+
+
+def extra_args(fn: Callable) -> tuple[str, ...]:
+    """Which of `source`, `extra_info` the function takes (the extended signature)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # no signature available (some C functions)
+        return ()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return EXTRA_ARGS
+    names = {p.name for p in params if p.kind is not inspect.Parameter.POSITIONAL_ONLY}
+    return tuple(a for a in EXTRA_ARGS if a in names)
+
+
+def resolve_reward_fn(spec: str, key_name: str = "reward.fn") -> RewardFn:
     """A built-in name ("gsm8k") or "pkg.module:function"; every failure is a ConfigError."""
-    key = f"reward.fn={spec}"
+    key = f"{key_name}={spec}"
     if ":" not in spec:
+        if spec in _EXTRAS and importlib.util.find_spec(_EXTRAS[spec][0]) is None:
+            raise ConfigError(
+                f"{key}: the {spec} reward needs the {_EXTRAS[spec][0]} package; "
+                f"pip install {_EXTRAS[spec][1]}"
+            )
         if spec in BUILTIN_REWARDS:
             return BUILTIN_REWARDS[spec]
         close = difflib.get_close_matches(spec, BUILTIN_REWARDS, n=1)
@@ -126,11 +211,13 @@ def resolve_reward_fn(spec: str) -> RewardFn:
             f"a function fn(prompt, response, answer) -> float"
         )
     try:
-        inspect.signature(fn).bind("prompt", "response", None)
+        extras = {name: None for name in extra_args(fn)}
+        inspect.signature(fn).bind("prompt", "response", None, **extras)
     except TypeError:
         raise ConfigError(
             f"{key}: {attr}{inspect.signature(fn)} cannot be called as "
-            f"fn(prompt, response, answer); give it those three parameters"
+            f"fn(prompt, response, answer) (and, if it asks, source=..., extra_info=...); "
+            f"give it those parameters"
         ) from None
     except ValueError:  # no signature available (some C functions): trust the user
         pass
@@ -142,8 +229,10 @@ def score_batch(
     prompts: Sequence[str],
     responses: Sequence[str],
     answers: Sequence[str | None],
+    extras: Sequence[dict[str, Any]] | None = None,
 ) -> list[float]:
-    """fn over each (prompt, response, answer); each score must be a finite real number.
+    """fn over each (prompt, response, answer), with `extras[i]` as keyword arguments (the
+    extended signature); each score must be a finite real number.
 
     Simplification: one process, sequential. Rewards that call out to sandboxes or models
     should batch or parallelise inside `fn`'s own module.
@@ -157,7 +246,7 @@ def score_batch(
     scores = []
     for i, (p, r, a) in enumerate(zip(prompts, responses, answers, strict=True)):
         try:
-            value = fn(p, r, a)
+            value = fn(p, r, a, **(extras[i] if extras else {}))
         except Exception as e:
             raise UserCodeError(
                 f"reward fn {name} raised on item {i}: {type(e).__name__}: {_one_line(e)}"
@@ -174,19 +263,46 @@ def score_batch(
 
 
 def score_samples(
-    fn: RewardFn,
+    rewards: Rewards,
     decode: Callable[[list[list[int]]], list[str]],
     prompts: Sequence[Prompt],
     samples: Sequence[Sample],
 ) -> list[float]:
-    """The score stage: decode each sample's response and score it against its prompt.
+    """The score stage: decode each sample's response and score it against its prompt with
+    its data source's reward.
 
     `decode` turns token-id lists into text (the tokenizer's batch_decode, special tokens
     skipped); `sample.prompt_index` indexes `prompts`.
     """
     responses = decode([s.response_ids for s in samples])
-    owners = [prompts[s.prompt_index] for s in samples]
-    return score_batch(fn, [p.text for p in owners], responses, [p.answer for p in owners])
+    return score_texts(rewards, [prompts[s.prompt_index] for s in samples], responses)
+
+
+def score_texts(rewards: Rewards, owners: Sequence[Prompt], responses: list[str]) -> list[float]:
+    """Each response scored against its prompt (`owners[i]`), by its source's reward."""
+    scores = [0.0] * len(owners)
+    for source in dict.fromkeys(p.source for p in owners):
+        rows = [i for i, p in enumerate(owners) if p.source == source]
+        fn = rewards.for_source(source)
+        wanted = extra_args(fn)
+        extras = [
+            {
+                k: v
+                for k, v in (("source", source), ("extra_info", owners[i].extra_info))
+                if k in wanted
+            }
+            for i in rows
+        ]
+        part = score_batch(
+            fn,
+            [owners[i].text for i in rows],
+            [responses[i] for i in rows],
+            [owners[i].answer for i in rows],
+            extras if wanted else None,
+        )
+        for i, value in zip(rows, part, strict=True):
+            scores[i] = value
+    return scores
 
 
 def _fn_name(fn: Callable) -> str:

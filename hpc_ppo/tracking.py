@@ -9,6 +9,8 @@ Run folder files:
   metrics.jsonl   one line per log_metrics call: {"step": s, "time": unix_s, **new_metrics}
   params.json     the params logged so far; a resumed job that changes one raises
   mlflow_run_id   written once the run exists, so a requeued job reattaches to it
+  artifacts.json  the files logged as MLflow artifacts ([run-folder path, artifact folder]);
+                  a restarted job sends those MLflow does not list yet
 Exactly once per (metric key, step), across restarts: per key, steps must increase; a step at
 or below the last recorded step of that key (a step redone after a crash) is skipped. The
 background thread sends what metrics.jsonl holds beyond each key's latest step in MLflow, so
@@ -46,6 +48,8 @@ class MetricsSink(Protocol):
     def log_params(self, params: dict[str, Any]) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None: ...
+    def logged(self, key: str, step: int) -> bool: ...
+    def log_artifact(self, path: Path, artifact_dir: str) -> None: ...
     def flush(self, timeout_s: float = 60) -> bool: ...
     def close(self, status: Status = "FINISHED", timeout_s: float = 60) -> bool: ...
 
@@ -58,6 +62,10 @@ class NullTracker:
     def log_params(self, params: dict[str, Any]) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None: ...
+    def log_artifact(self, path: Path, artifact_dir: str) -> None: ...
+
+    def logged(self, key: str, step: int) -> bool:
+        return False
 
     def flush(self, timeout_s: float = 60) -> bool:
         return True
@@ -129,12 +137,19 @@ class Tracker:
             json.loads(self._params_path.read_text()) if self._params_path.exists() else {}
         )
         self._warned_nonfinite: set[str] = set()
+        self._artifacts_path = self.run_dir / "artifacts.json"
+        self._artifact_files: list[tuple[str, str]] = (
+            [(a, b) for a, b in json.loads(self._artifacts_path.read_text())]
+            if self._artifacts_path.exists()
+            else []
+        )
         # State shared with the worker thread, guarded by _cv.
         self._cv = threading.Condition()
         self._written = self._file.tell()  # bytes of metrics.jsonl holding whole lines
         self._synced = 0  # bytes of metrics.jsonl already mirrored to MLflow
         self._pending_params = dict(self._params)  # the worker drops those MLflow has
         self._pending_tags = dict(tags or {})
+        self._pending_artifacts: list[tuple[str, str]] = []  # filled by _connect, then here
         self._stop: Status | None = None
         self._nudged = self._abandon = self._terminated = False
         # Worker-only state.
@@ -199,6 +214,22 @@ class Tracker:
             self._written = self._file.tell()
             self._cv.notify_all()
 
+    def logged(self, key: str, step: int) -> bool:
+        """Whether metrics.jsonl already holds `key` at `step` (or a later step)."""
+        return step <= self._file_last.get(key, -1)
+
+    def log_artifact(self, path: Path, artifact_dir: str) -> None:
+        """Send a file of the run folder to MLflow under `artifact_dir`, once: a path logged
+        before (by this job or an earlier one) is not sent again; the send is async."""
+        item = (str(Path(path).absolute().relative_to(self.run_dir)), artifact_dir)
+        if item in self._artifact_files:
+            return
+        self._artifact_files.append(item)
+        atomic_write_text(self._artifacts_path, json.dumps(self._artifact_files, indent=1))
+        with self._cv:
+            self._pending_artifacts.append(item)
+            self._cv.notify_all()
+
     def flush(self, timeout_s: float = 60) -> bool:
         """Wait until MLflow holds everything logged so far; False on timeout."""
         with self._cv:
@@ -231,7 +262,8 @@ class Tracker:
 
     def _dirty(self, target: int | None = None) -> bool:
         target = self._written if target is None else target
-        return self._synced < target or bool(self._pending_params or self._pending_tags)
+        pending = self._pending_params or self._pending_tags or self._pending_artifacts
+        return self._synced < target or bool(pending)
 
     def _work(self) -> None:
         failures = 0
@@ -278,6 +310,17 @@ class Tracker:
         self._mlflow_params = dict(run.data.params)
         # Latest metrics carry the highest step per key; we only ever send increasing steps.
         self._mlflow_last = {m.key: m.step for m in run.data.to_proto().metrics}
+        # Files an earlier job recorded but did not get into MLflow (killed before the send).
+        listed = {
+            f.path
+            for folder in {d for _, d in self._artifact_files}
+            for f in client.list_artifacts(self._run_id, folder)
+        }
+        with self._cv:
+            self._pending_artifacts[:0] = [
+                (p, d) for p, d in self._artifact_files if f"{d}/{Path(p).name}" not in listed
+            ]
+            self._pending_artifacts = list(dict.fromkeys(self._pending_artifacts))
         self._client = client
 
     def _send(self, kind: str, items: list, n: int) -> None:
@@ -338,6 +381,13 @@ class Tracker:
             self._send("metrics", metrics, 1000)
             with self._cv:
                 self._synced = start + len(data)
+        with self._cv:
+            artifacts = list(self._pending_artifacts)
+        for item in artifacts:
+            local, folder = item
+            self._client.log_artifact(self._run_id, str(self.run_dir / local), folder)
+            with self._cv:
+                self._pending_artifacts.remove(item)
         with self._cv:
             stop = self._stop if not self._dirty() else None
         if stop:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,18 +24,26 @@ from hpc_ppo.advantages import compute_advantages
 from hpc_ppo.batch import MicroBatching, balance_groups, collate, plan_micro_batches
 from hpc_ppo.checkpoint import Checkpointer
 from hpc_ppo.config import Config, to_dict
-from hpc_ppo.data import Prompt, PromptSampler, encode_prompt, shard_for_rank, task_prompts
+from hpc_ppo.data import (
+    Prompt,
+    PromptSampler,
+    encode_prompt,
+    load_prompts,
+    shard_for_rank,
+    task_prompts,
+)
 from hpc_ppo.dist import agree_on_failure
 from hpc_ppo.logprobs import old_ref_logprobs_and_values
 from hpc_ppo.metrics import PhaseTimer, gpu_memory, step_metrics
 from hpc_ppo.model import build_models, build_tokenizer, full_state_iter
 from hpc_ppo.preempt import StopFlag, save_on_stop
-from hpc_ppo.reward import resolve_reward_fn, score_samples
+from hpc_ppo.reward import resolve_rewards, score_samples
 from hpc_ppo.rollout.base import SamplingSpec
 from hpc_ppo.rollout.cycle import rollout
 from hpc_ppo.rollout.make import make_engine
 from hpc_ppo.tracking import MetricsSink, NullTracker, open_run_tracking, read_run_id
 from hpc_ppo.update import Optimization
+from hpc_ppo.validation import Schedule, Validation
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +70,7 @@ class Trainer:
         self.tokenizer = build_tokenizer(cfg.model)
         self.prompts = task_prompts(cfg.data, t.seed)
         self.sampler = PromptSampler(len(self.prompts), t.batch_size, t.seed, cfg.data.shuffle)
-        self.reward_fn = resolve_reward_fn(cfg.reward.fn)
+        self.rewards = resolve_rewards(cfg.reward)
         self.engine = make_engine(cfg, self.tokenizer, device, run_dir)
         # Seed after the engine: vLLM re-seeds the process when it starts (DESIGN.md).
         random.seed(t.seed + rank)
@@ -76,6 +85,7 @@ class Trainer:
             self.micro,
             t.batch_size // a.mini_batch_size,
             cfg.rollout.temperature,
+            t.total_steps,
             self.models.policy,
             cfg.actor,
             self.models.critic,
@@ -95,6 +105,7 @@ class Trainer:
                 # The last step's metrics ride in the checkpoint: a kill between the commit and
                 # the MLflow write cannot lose them (the tracker skips repeats).
                 self.tracker.log_metrics(self.start_step - 1, resumed["last_metrics"])
+        self.validation = self._make_validation()
 
     # ------------------------------------------------------------------ loop
 
@@ -105,6 +116,8 @@ class Trainer:
         done = saved = self.start_step
         try:
             while done < t.total_steps and not self.stop.agreed():
+                if not self.validate(done):  # step `done`'s validation, before it trains
+                    break
                 metrics = self.train_step(done)
                 if metrics is None:  # stop requested mid-rollout: the step was abandoned
                     break
@@ -121,7 +134,7 @@ class Trainer:
                         len=f"{metrics['response/length_mean']:.1f}",
                         s=f"{metrics['time/step']:.2f}",
                     )
-            finished = done >= t.total_steps
+            finished = done >= t.total_steps and self.validate(done)  # after the last step
             self.checkpoints.finish_pending()
             if not finished:
                 save_on_stop(self.stop, done, saved, lambda: self.save(done, None), self.rank)
@@ -141,14 +154,11 @@ class Trainer:
         seed = _step_seed(cfg.trainer.seed, step, self.rank)
         sampler_state = self.sampler.state_dict()
         prompts = self._step_prompts()
-        r, d = cfg.rollout, cfg.data
+        r = cfg.rollout
         samples = rollout(
             self.engine,
-            full_state_iter(self.models.policy, self._push_dtype()),
-            [
-                encode_prompt(self.tokenizer, p.text, d.chat_template, d.max_prompt_tokens)
-                for p in prompts
-            ],
+            self._weights(),
+            [self._encode(p) for p in prompts],
             SamplingSpec(r.n, r.temperature, r.top_p, r.max_new_tokens, seed=seed),
             r.chunks,
             self.stop.agreed,
@@ -161,7 +171,7 @@ class Trainer:
             return None
         with timer("reward"):  # a user function: every rank stops together if one fails
             scores = agree_on_failure(
-                lambda: score_samples(self.reward_fn, self._decode, prompts, samples)
+                lambda: score_samples(self.rewards, self._decode, prompts, samples)
             )
         if cfg.trainer.balance_tokens and self.world > 1:
             samples, scores = balance_groups(samples, scores, r.n, self.rank, self.world)
@@ -174,9 +184,12 @@ class Trainer:
             stats = self.optim.run(batch, seed + 1)
         finished = sum(s.finished for s in samples) / len(samples)
         memory = gpu_memory(self.device, self.engine)
-        metrics = step_metrics(batch, finished, stats, kl_ref, timer, memory)
-        metrics["actor/lr"] = self.optim.lr
-        return metrics
+        return step_metrics(batch, finished, stats, kl_ref, timer, memory)
+
+    def validate(self, step: int) -> bool:
+        """Step `step`'s validation when due and not logged yet (validation.py); False if a
+        stop request came first or cut it short."""
+        return self.validation.run(step, self.engine, self._weights, self.stop.agreed, self.tracker)
 
     def save(self, done: int, metrics: dict[str, float] | None, final: bool = True) -> float:
         """Checkpoint after `done` steps; the seconds it blocked training (see Checkpointer).
@@ -197,8 +210,36 @@ class Trainer:
         indices = shard_for_rank(self.sampler.next_indices(), self.rank, self.world)
         return [self.prompts[i] for i in indices]
 
-    def _push_dtype(self) -> torch.dtype | None:
-        return torch.bfloat16 if self.device.type == "cuda" else None  # vLLM runs in bf16
+    def _make_validation(self) -> Validation:
+        t, r, d = self.cfg.trainer, self.cfg.rollout, self.cfg.data
+        prompts = (
+            load_prompts(d.val_path, d.prompt_key, d.answer_key, "data.val_path")
+            if d.val_path is not None
+            else []
+        )
+        return Validation(
+            Schedule(t.val_every, t.val_before_train, t.total_steps),
+            prompts,
+            self._encode,
+            self._decode,
+            self.rewards,
+            SamplingSpec(r.val_n, r.val_temperature, r.top_p, r.max_new_tokens, t.seed),
+            r.chunks,
+            self.cfg.reward.pass_threshold,
+            t.val_sample_prompts,
+            self.run_dir,
+            self.rank,
+            self.world,
+        )
+
+    def _weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The policy's full tensors for the rollout engine (a collective under FSDP)."""
+        dtype = torch.bfloat16 if self.device.type == "cuda" else None  # vLLM runs in bf16
+        return full_state_iter(self.models.policy, dtype)
+
+    def _encode(self, prompt: Prompt) -> list[int]:
+        d = self.cfg.data
+        return encode_prompt(self.tokenizer, prompt, d.chat_template, d.max_prompt_tokens)
 
     def _decode(self, ids: list[list[int]]) -> list[str]:
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)

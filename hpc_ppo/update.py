@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -34,14 +35,48 @@ from hpc_ppo.checkpoint import Checkpointable
 from hpc_ppo.config import AlgoConfig, OptimConfig
 
 
-def make_optimizer(name: str, model: nn.Module, oc: OptimConfig) -> Checkpointable:
-    """AdamW over the trainable parameters, linear warmup then constant LR."""
+@dataclass
+class LRSchedule:
+    """The LR multiplier of update step s (0 = a run's first step): a linear warmup over
+    `warmup` steps, then constant, or a cosine / linear decay that reaches `min_ratio` at step
+    `total` and stays there.
+
+    A callable object, not a lambda, on purpose: LambdaLR saves a callable object's attributes
+    with its state, so a resumed run continues on the horizon it started with, even where the
+    resume raised trainer.total_steps (the LR then stays at lr * min_ratio past the old end).
+    """
+
+    kind: str  # constant, cosine, linear
+    warmup: int
+    total: int
+    min_ratio: float
+
+    def __call__(self, s: int) -> float:
+        if s < self.warmup:
+            return (s + 1) / self.warmup
+        if self.kind == "constant":
+            return 1.0
+        progress = min(1.0, (s - self.warmup) / max(1, self.total - self.warmup))
+        if self.kind == "cosine":
+            shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+        else:
+            shape = 1.0 - progress
+        return self.min_ratio + (1.0 - self.min_ratio) * shape
+
+
+def lr_schedule(oc: OptimConfig, total_steps: int) -> LRSchedule:
+    """`oc`'s schedule over a run of `total_steps` steps (warmup in steps, or as a ratio)."""
+    warmup = oc.warmup_steps or round(oc.warmup_ratio * total_steps)
+    return LRSchedule(oc.lr_scheduler, warmup, total_steps, oc.min_lr_ratio)
+
+
+def make_optimizer(
+    name: str, model: nn.Module, oc: OptimConfig, total_steps: int
+) -> Checkpointable:
+    """AdamW over the trainable parameters, with `oc`'s LR schedule over `total_steps`."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=oc.lr, betas=oc.betas, weight_decay=oc.weight_decay)
-    warm = oc.warmup_steps
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(oc, total_steps))
     return Checkpointable(name, model, opt, sched)
 
 
@@ -54,6 +89,7 @@ class Optimization:
         micro: MicroBatching,
         mini_batches: int,
         temperature: float,
+        total_steps: int,
         policy: nn.Module,
         actor: OptimConfig,
         critic: nn.Module | None = None,
@@ -61,13 +97,13 @@ class Optimization:
     ):
         self.algo, self.micro, self.temperature = algo, micro, temperature
         self.mini_batches = mini_batches  # trainer.batch_size // algo.mini_batch_size
-        self.actor = make_optimizer("policy", policy, actor)
+        self.actor = make_optimizer("policy", policy, actor, total_steps)
         self.actor_clip = actor.grad_clip
         self.critic = None
         if critic is not None:
             if critic_optim is None:
                 raise ValueError("Optimization: a critic needs its OptimConfig (cfg.critic)")
-            self.critic = make_optimizer("critic", critic, critic_optim)
+            self.critic = make_optimizer("critic", critic, critic_optim, total_steps)
             self.critic_clip = critic_optim.grad_clip
 
     @property
@@ -75,12 +111,9 @@ class Optimization:
         """What a checkpoint holds: each model with its optimizer and LR scheduler."""
         return [s for s in (self.actor, self.critic) if s is not None]
 
-    @property
-    def lr(self) -> float:
-        return self.actor.scheduler.get_last_lr()[0]
-
     def run(self, batch: RolloutBatch, seed: int) -> dict[str, float]:
-        """`algo.ppo_epochs` passes of mini-batch steps, then one LR-schedule step."""
+        """`algo.ppo_epochs` passes of mini-batch steps, then one LR-schedule step. The stats
+        include `actor/lr` (and `critic/lr`): the learning rate these updates used."""
         a, num_mini = self.algo, self.mini_batches
         gen = torch.Generator().manual_seed(seed)
         sums: dict[str, float] = {}
@@ -103,10 +136,13 @@ class Optimization:
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
-        for state in self.states:
-            state.scheduler.step()
         # Means over mini-batches; the time/ entries were scaled so their mean is the total.
-        return {k: v / count for k, v in sums.items()}
+        stats = {k: v / count for k, v in sums.items()}
+        for key, state in (("actor/lr", self.actor), ("critic/lr", self.critic)):
+            if state is not None:
+                stats[key] = state.scheduler.get_last_lr()[0]
+                state.scheduler.step()
+        return stats
 
     def _actor_step(self, mini: RolloutBatch, plan: list[torch.Tensor]) -> dict[str, float]:
         a = self.algo

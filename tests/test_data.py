@@ -63,12 +63,12 @@ def test_jsonl_and_parquet_roundtrip_agree(tmp_path):
 
 def test_answer_key_none_reads_no_answers(tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hi"}, {"prompt": "yo", "answer": "x"}])
-    assert load_prompts(path, answer_key=None) == [Prompt("hi", None), Prompt("yo", None)]
+    assert load_prompts(path, answer_key=None) == [Prompt("hi", None, "p"), Prompt("yo", None, "p")]
 
 
 def test_numeric_answers_become_strings(tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "2+2", "answer": 4}])
-    assert load_prompts(path) == [Prompt("2+2", "4")]
+    assert load_prompts(path) == [Prompt("2+2", "4", "p")]
 
 
 def test_validate_prompt_file_accepts_good_and_rejects_bad(tmp_path):
@@ -153,18 +153,36 @@ def test_non_string_prompt(tmp_path, value, type_name):
         load_prompts(path)
     msg = assert_one_line(err)
     assert msg.startswith(f"data.prompt_key='prompt': {path}:1:")
-    assert f"must be a string, got {type_name}" in msg
+    assert f"must be a string or a list of chat messages, got {type_name}" in msg
 
 
-def test_chat_format_prompt_is_not_supported_yet(tmp_path):
-    chat = [{"role": "user", "content": "hi"}]
+def test_chat_prompt_keeps_messages_and_drops_trailing_assistant_turns(tmp_path):
+    """TRL's conversational `messages`: the last assistant turn is the reference answer."""
+    chat = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+    ]
+    path = write_jsonl(tmp_path / "t.jsonl", [{"messages": chat, "answer": "a"}])
+    (prompt,) = load_prompts(path, prompt_key="messages")
+    assert prompt.text == "hi" and prompt.answer == "a"
+    assert prompt.messages == tuple(chat[:2])
+
+
+@pytest.mark.parametrize(
+    ("chat", "problem"),
+    [
+        ([{"role": "user"}], "message 0 must be"),
+        ([{"role": "system", "content": "x"}], "no user message with text"),
+        ([], "no user message with text"),
+    ],
+)
+def test_bad_chat_prompt_is_one_line_naming_the_row(tmp_path, chat, problem):
     path = write_jsonl(tmp_path / "t.jsonl", [{"prompt": chat, "answer": "a"}])
     with pytest.raises(ConfigError) as err:
         load_prompts(path)
     msg = assert_one_line(err)
-    assert msg.startswith(f"data.prompt_key='prompt': {path}:1:")
-    assert "chat-format prompts" in msg and "not supported yet" in msg
-    assert "plain string field" in msg
+    assert msg.startswith(f"data.prompt_key='prompt': {path}:1: ") and problem in msg
 
 
 def test_bad_answer_type(tmp_path):
@@ -196,7 +214,7 @@ def test_parquet_missing_columns(tmp_path):
     assert "(columns: question, solution)" in msg
     with pytest.raises(ConfigError, match=r"data.answer_key='answer' .*columns: question"):
         load_prompts(path, prompt_key="question")
-    assert load_prompts(path, "question", "solution") == [Prompt("q", "s")]
+    assert load_prompts(path, "question", "solution") == [Prompt("q", "s", "t")]
 
 
 def test_parquet_bad_row_names_row(tmp_path):

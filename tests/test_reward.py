@@ -97,7 +97,7 @@ def test_gsm8k_ground_truth_without_number():
 
 
 def test_builtin_registry():
-    assert set(BUILTIN_REWARDS) == {"exact_match", "gsm8k", "letters"}
+    assert set(BUILTIN_REWARDS) == {"exact_match", "gsm8k", "letters", "math"}
     assert BUILTIN_REWARDS["letters"] is letters_reward
     for name, fn in BUILTIN_REWARDS.items():
         assert resolve_reward_fn(name) is fn

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from hpc_ppo.atomic import atomic_write_text
+from hpc_ppo.config.foreign import foreign_hint, leaves
 from hpc_ppo.config.schema import Config
 from hpc_ppo.config.validate import Launcher, validate
 from hpc_ppo.errors import ConfigError
@@ -183,11 +184,9 @@ def _build(cls: type, raw: Any, prefix: str, errors: list[str], base: Any = None
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
-            hint = (
-                f"did you mean {prefix}{close[0]}?" if close else f"valid keys: {', '.join(names)}"
+            errors.append(
+                f"{prefix}{key}: unknown key; {_unknown_key_hint(prefix, key, value, names)}"
             )
-            errors.append(f"{prefix}{key}: unknown key; {hint}")
             continue
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
@@ -204,6 +203,21 @@ def _build(cls: type, raw: Any, prefix: str, errors: list[str], base: Any = None
             else:
                 errors.append(f"{prefix}{key}={value!r}: expected {_type_name(tp)}")
     return dataclasses.replace(base, **kwargs)
+
+
+def _unknown_key_hint(prefix: str, key: str, value: Any, names: list[str]) -> str:
+    """verl's or TRL's name for a key first (config/foreign.py), else the closest spelling."""
+    found = [
+        (path, hint)
+        for path, leaf in leaves(value, f"{prefix}{key}")
+        if (hint := foreign_hint(path, leaf.text if isinstance(leaf, _Typed) else leaf))
+    ]
+    if len(found) == 1 and found[0][0] == f"{prefix}{key}":
+        return found[0][1]
+    if found:  # a foreign section (actor_rollout_ref: ...): each leaf that has a key here
+        return "; ".join(f"{path}: {hint}" for path, hint in found)
+    close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+    return f"did you mean {prefix}{close[0]}?" if close else f"valid keys: {', '.join(names)}"
 
 
 def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:

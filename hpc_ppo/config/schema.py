@@ -77,9 +77,22 @@ class SyntheticDataConfig:
 
 @dataclass
 class DataConfig:
-    path: str | None = _spec(None, doc=".jsonl or .parquet prompts; null = synthetic task")
-    prompt_key: str = _spec("prompt", doc="field holding the prompt text")
-    answer_key: str | None = _spec("answer", doc="field holding the ground truth (or null)")
+    path: str | list[str] | None = _spec(
+        None, doc=".jsonl or .parquet prompt file, or a list of them; null = synthetic task"
+    )
+    val_path: str | list[str] | None = _spec(
+        None, doc="held-out prompt file(s), same layout as data.path; see trainer.val_every"
+    )
+    prompt_key: str = _spec(
+        "prompt",
+        doc="field holding the prompt: a string, or chat messages (rendered with the "
+        "chat template)",
+    )
+    answer_key: str | None = _spec(
+        "answer",
+        doc="field holding the ground truth, dotted if nested (reward_model."
+        "ground_truth); null: none",
+    )
     max_prompt_tokens: int = _spec(256, ge=1, doc="longer prompts are cut from the left")
     chat_template: bool = _spec(False, doc="wrap prompts with the tokenizer's chat template")
     shuffle: bool = _spec(True, doc="reshuffle prompts every epoch")
@@ -89,6 +102,14 @@ class DataConfig:
 @dataclass
 class RewardConfig:
     fn: str = _spec("letters", doc="builtin name or 'pkg.module:function'")
+    by_source: list[str] = _spec(
+        factory=list,
+        doc="source=reward items (reward as in reward.fn), e.g. openai/gsm8k=gsm8k; other "
+        "sources use reward.fn",
+    )
+    pass_threshold: float = _spec(
+        1.0, doc="a validation sample passes (val/pass_at_<k>) when its reward is >= this"
+    )
 
 
 @dataclass
@@ -97,6 +118,10 @@ class RolloutConfig:
     n: int = _spec(4, ge=1, le=1024, doc="samples per prompt")
     temperature: float = _spec(1.0, gt=0.0, le=10.0, doc="sampling temperature")
     top_p: float = _spec(1.0, gt=0.0, le=1.0, doc="nucleus sampling")
+    val_n: int = _spec(1, ge=1, le=1024, doc="validation: samples per prompt (>1: val/pass_at_<k>)")
+    val_temperature: float = _spec(
+        0.0, ge=0.0, le=10.0, doc="validation: sampling temperature; 0 = greedy"
+    )
     max_new_tokens: int = _spec(16, ge=1, doc="response length cap")
     chunks: int = _spec(
         1, ge=1, doc="generate in this many calls; stop requests are checked between"
@@ -134,7 +159,16 @@ class OptimConfig:
     lr: float = _spec(1e-6, gt=0.0, lt=1.0, doc="AdamW learning rate")
     weight_decay: float = _spec(0.0, ge=0.0, doc="AdamW weight decay")
     betas: tuple[float, float] = _spec((0.9, 0.999), doc="AdamW betas")
-    warmup_steps: int = _spec(0, ge=0, doc="linear LR warmup, then constant")
+    lr_scheduler: str = _spec(
+        "constant",
+        choices=("constant", "cosine", "linear"),
+        doc="LR after the warmup: constant, or decayed to lr * min_lr_ratio at trainer.total_steps",
+    )
+    warmup_steps: int = _spec(0, ge=0, doc="linear LR warmup steps (or warmup_ratio)")
+    warmup_ratio: float = _spec(
+        0.0, ge=0.0, lt=1.0, doc="warmup as a share of trainer.total_steps (or warmup_steps)"
+    )
+    min_lr_ratio: float = _spec(0.0, ge=0.0, le=1.0, doc="cosine/linear: final LR / lr")
     grad_clip: float = _spec(1.0, gt=0.0, doc="max gradient norm")
 
 
@@ -176,6 +210,13 @@ class TrainerConfig:
     )
     balance_tokens: bool = _spec(
         False, doc="move whole prompt groups between ranks to even out tokens"
+    )
+    val_every: int = _spec(
+        0, ge=0, doc="validate on data.val_path every N steps and after the last (0: never)"
+    )
+    val_before_train: bool = _spec(False, doc="validate at step 0, before any training")
+    val_sample_prompts: int = _spec(
+        16, ge=0, doc="prompts whose responses each validation writes to val/step_<N>.jsonl"
     )
     save_every: int = _spec(0, ge=0, doc="checkpoint every N steps (0: only at the end / on stop)")
     keep_checkpoints: int = _spec(2, ge=2, doc="complete checkpoints kept")

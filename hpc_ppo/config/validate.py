@@ -112,6 +112,13 @@ def _check_cross_fields(cfg: Config, errors: list[str], check_paths: bool) -> No
             errors.append(
                 f"{section}.betas={list(betas)}: each beta must be in [0, 1) (Adam's moment decay rates)"
             )
+    for section in ("actor", "critic"):
+        oc = getattr(cfg, section)
+        if oc.warmup_steps > 0 and oc.warmup_ratio > 0:
+            errors.append(
+                f"{section}.warmup_steps={oc.warmup_steps} and {section}.warmup_ratio="
+                f"{oc.warmup_ratio}: give the warmup one way; set the other to 0"
+            )
     if a.name == "grpo" and r.n < 2:
         errors.append(
             f"rollout.n={r.n}: GRPO needs at least 2 samples per prompt to normalise by group"
@@ -149,12 +156,14 @@ def _check_cross_fields(cfg: Config, errors: list[str], check_paths: bool) -> No
                 f"model.tiny.num_key_value_heads={tiny.num_key_value_heads} must divide model.tiny.num_attention_heads={tiny.num_attention_heads}"
             )
     count, source = cfg.data.synthetic.num_prompts, "data.synthetic.num_prompts"
+    sources: set[str] | None = None  # the data's sources, where the files were read
     if check_paths and cfg.data.path is not None:
         from hpc_ppo.data import validate_prompt_file
 
         try:
-            count = validate_prompt_file(cfg.data.path, cfg.data.prompt_key, cfg.data.answer_key)
-            source = f"data.path={cfg.data.path} holds {count} prompts"
+            prompts = validate_prompt_file(cfg.data.path, cfg.data.prompt_key, cfg.data.answer_key)
+            count, sources = len(prompts), {p.source for p in prompts}
+            source = f"data.path={_shown(cfg.data.path)} holds {count} prompts"
         except ConfigError as e:
             errors.append(str(e))
     if (cfg.data.path is None or check_paths) and count < t.batch_size:
@@ -164,16 +173,70 @@ def _check_cross_fields(cfg: Config, errors: list[str], check_paths: bool) -> No
             f"{what}, fewer than trainer.batch_size={t.batch_size} (prompts per step): lower "
             "trainer.batch_size or add prompts"
         )
-    from hpc_ppo.reward import resolve_reward_fn
-
-    try:
-        resolve_reward_fn(cfg.reward.fn)
-    except ConfigError as e:
-        errors.append(str(e))
+    errors.extend(_validation_errors(cfg, check_paths, sources))
+    errors.extend(_reward_errors(cfg, sources))
     if r.engine == "vllm" and t.device == "cpu":
         errors.append(
             "rollout.engine=vllm needs trainer.device=cuda (or auto on a GPU node); use rollout.engine=hf on CPU"
         )
+
+
+def _validation_errors(cfg: Config, check_paths: bool, sources: set[str] | None) -> list[str]:
+    """Validation needs held-out prompts; greedy decoding needs one sample. Adds the validation
+    set's sources to `sources` (reward.by_source may name them)."""
+    t, r, d = cfg.trainer, cfg.rollout, cfg.data
+    errors = []
+    if d.val_path is None and (t.val_every > 0 or t.val_before_train):
+        what = f"trainer.val_every={t.val_every}" if t.val_every else "trainer.val_before_train"
+        errors.append(f"{what} needs held-out prompts: set data.val_path=<.jsonl or .parquet>")
+    if r.val_temperature == 0 and r.val_n > 1:
+        errors.append(
+            f"rollout.val_n={r.val_n} with rollout.val_temperature=0 (greedy) gives {r.val_n}"
+            " identical responses: set rollout.val_n=1 or a rollout.val_temperature > 0"
+        )
+    if check_paths and d.val_path is not None:
+        from hpc_ppo.data import validate_prompt_file
+
+        try:
+            found = validate_prompt_file(d.val_path, d.prompt_key, d.answer_key, "data.val_path")
+            if sources is not None:
+                sources.update(p.source for p in found)
+        except ConfigError as e:
+            errors.append(str(e))
+    return errors
+
+
+def _reward_errors(cfg: Config, sources: set[str] | None) -> list[str]:
+    """Every reward resolves (a built-in, or an importable function of the right signature);
+    each reward.by_source name is a source of the data, when the files were read."""
+    from hpc_ppo.reward import parse_by_source, resolve_reward_fn
+
+    errors = []
+    try:
+        by_source = parse_by_source(cfg.reward.by_source)
+    except ConfigError as e:
+        return [str(e)]
+    specs = {"reward.fn": cfg.reward.fn}
+    specs.update({f"reward.by_source[{i}]": v for i, v in enumerate(by_source.values())})
+    for key, spec in specs.items():
+        try:
+            resolve_reward_fn(spec, key)
+        except ConfigError as e:
+            errors.append(str(e))
+    if sources is not None:
+        for name in by_source:
+            if name not in sources:
+                close = difflib.get_close_matches(name, sorted(sources), n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                errors.append(
+                    f"reward.by_source: no row of the data has source {name!r}; {hint}sources:"
+                    f" {', '.join(sorted(sources))} (a row's data_source, else its file's name)"
+                )
+    return errors
+
+
+def _shown(path: str | list[str]) -> str:
+    return path if isinstance(path, str) else f"[{', '.join(path)}]"
 
 
 def world_size_for(cfg: Config, launcher: Launcher) -> int:

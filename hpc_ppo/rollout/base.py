@@ -19,7 +19,8 @@ import torch
 
 @dataclass(frozen=True)
 class SamplingSpec:
-    """What to sample; `seed` makes a step's generation reproducible and equal across TP ranks."""
+    """What to sample; `seed` makes a step's generation reproducible and equal across TP ranks.
+    temperature 0 is greedy decoding (validation; vLLM's temperature=0, HF's do_sample=False)."""
 
     n: int
     temperature: float

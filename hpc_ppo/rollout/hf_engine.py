@@ -69,13 +69,17 @@ class HFEngine:
         for row, (_, p) in enumerate(chunk):  # left padding: generation continues every row
             ids[row, width - len(p) :] = torch.tensor(p)
             mask[row, width - len(p) :] = 1
+        # temperature 0 is greedy decoding (validation), which generate spells do_sample=False.
+        how = (
+            {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
+            if sampling.temperature > 0
+            else {"do_sample": False, "temperature": None, "top_p": None}
+        )
         gen = self.model.generate(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
-            do_sample=True,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=0,
+            **how,
+            top_k=0 if sampling.temperature > 0 else None,
             max_new_tokens=sampling.max_new_tokens,
             eos_token_id=self.eos_id,
             pad_token_id=self.pad_id,
