@@ -119,14 +119,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from hpc_ppo.launch.local import launch_local
+    from hpc_ppo.rank import LAST_ERROR, USER_CODE_EXIT
 
     print(
         f"hpc-ppo: {cfg.trainer.nprocs} rank(s) on this machine, run folder {run_dir}", flush=True
     )
+    (run_dir / LAST_ERROR).unlink(missing_ok=True)
     code = launch_local(cfg, run_dir)
-    if code != 0:
-        print(f"error: a rank exited with code {code}; see the log above", file=sys.stderr)
     print(f"run_dir: {run_dir}", flush=True)
+    if code == USER_CODE_EXIT and (run_dir / LAST_ERROR).is_file():
+        # A user function failed: its one line (function, exception, item) ends the output.
+        print((run_dir / LAST_ERROR).read_text().strip(), file=sys.stderr, flush=True)
+    elif code != 0:
+        print(f"error: a rank exited with code {code}; see the log above", file=sys.stderr)
     return code
 
 

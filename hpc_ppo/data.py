@@ -1,4 +1,4 @@
-"""Prompts in, index batches out: prompt files, the synthetic "letters" task, the sampler.
+"""Prompts in: prompt files (jsonl, parquet; verl and TRL layouts), the synthetic "letters" task.
 
     hpc-ppo validate configs/tiny-cpu.yaml data.path=train.jsonl data.prompt_key=question
 
@@ -23,10 +23,7 @@ characters that are letters of the prompt's word ("a", "b", "c", "d" here). A ra
 model emits mostly other characters (reward near 0.1); it can climb to 1.0 by learning to emit
 only letters it has just read, so learning is measurable within minutes on a CPU.
 
-The sampler (`PromptSampler`) yields the global batch of prompt indices for each step; every
-rank computes the same list and takes its slice with `shard_for_rank`. Its state is two
-integers (epoch, position), saved with each checkpoint so a requeued job continues the same
-index stream.
+Which prompts a step takes: sampler.py.
 """
 
 from __future__ import annotations
@@ -37,8 +34,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import torch
 
 from hpc_ppo.config import DataConfig
 from hpc_ppo.errors import ConfigError
@@ -297,81 +292,6 @@ def letters_reward(prompt: str, response: str, answer: str | None, target_len: i
     return sum(c in letters for c in chars) / target_len
 
 
-# ---------------------------------------------------------------- sampling
-
-
-class PromptSampler:
-    """Global batches of prompt indices, reshuffled per epoch, resumable from `state_dict`.
-
-    Epoch e's order is a permutation from a torch.Generator seeded with seed + e, so it is
-    reproducible and independent of the global RNG (which vLLM re-seeds). A batch that crosses
-    an epoch boundary takes the rest of the epoch, then continues into the next permutation:
-    no prompt is dropped, none repeats within an epoch. batch_size > num_prompts wraps epochs.
-    """
-
-    def __init__(self, num_prompts: int, batch_size: int, seed: int, shuffle: bool = True):
-        if num_prompts < 1:
-            raise ValueError(f"num_prompts={num_prompts} must be >= 1")
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be >= 1")
-        self.num_prompts = num_prompts
-        self.batch_size = batch_size
-        self.seed = seed
-        self.shuffle = shuffle
-        self.epoch = 0
-        self.position = 0  # index into the current epoch's permutation
-        self._order = self._permutation(0)
-
-    def _permutation(self, epoch: int) -> list[int]:
-        if not self.shuffle:
-            return list(range(self.num_prompts))
-        g = torch.Generator().manual_seed(self.seed + epoch)
-        return torch.randperm(self.num_prompts, generator=g).tolist()
-
-    def next_indices(self) -> list[int]:
-        """The global batch for the next step; identical on every rank."""
-        out: list[int] = []
-        while len(out) < self.batch_size:
-            take = min(self.batch_size - len(out), self.num_prompts - self.position)
-            out.extend(self._order[self.position : self.position + take])
-            self.position += take
-            if self.position == self.num_prompts:
-                self.epoch += 1
-                self.position = 0
-                self._order = self._permutation(self.epoch)
-        return out
-
-    def state_dict(self) -> dict:
-        return {
-            "epoch": self.epoch,
-            "position": self.position,
-            "seed": self.seed,
-            "shuffle": self.shuffle,
-            "num_prompts": self.num_prompts,
-            "batch_size": self.batch_size,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue the saved index stream exactly.
-
-        seed and shuffle are restored (they define the current epoch's order); batch_size stays
-        the constructor's, since the position is per prompt, not per batch.
-        """
-        if state["num_prompts"] != self.num_prompts:
-            raise ConfigError(
-                f"data.path: the checkpoint's sampler was saved with {state['num_prompts']} "
-                f"prompts but the dataset now has {self.num_prompts}; the dataset changed, "
-                f"so resume with the original file or start a fresh run"
-            )
-        if not 0 <= state["position"] < self.num_prompts or state["epoch"] < 0:
-            raise ValueError(f"corrupt sampler state: {state}")
-        self.seed = state["seed"]
-        self.shuffle = state.get("shuffle", True)
-        self.epoch = state["epoch"]
-        self.position = state["position"]
-        self._order = self._permutation(self.epoch)
-
-
 def task_prompts(data: DataConfig, seed: int) -> list[Prompt]:
     """The run's prompts: `data.path`'s file, or the synthetic task when it is null."""
     if data.path is not None:
@@ -396,16 +316,3 @@ def encode_prompt(
     messages = list(prompt.messages or [{"role": "user", "content": prompt.text}])
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])[-max_tokens:]
-
-
-def shard_for_rank(items: list, rank: int, world_size: int) -> list:
-    """This rank's contiguous, equal slice of a global batch."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
-    if len(items) % world_size:
-        raise ValueError(
-            f"cannot split {len(items)} items evenly over world_size={world_size}; "
-            f"make the global batch a multiple of the number of ranks"
-        )
-    n = len(items) // world_size
-    return items[rank * n : (rank + 1) * n]

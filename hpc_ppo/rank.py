@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from hpc_ppo.preempt import (  # standard library only
 )
 
 log = logging.getLogger(__name__)
+USER_CODE_EXIT = 3  # a user function failed; its one-line report is in RUN_DIR/LAST_ERROR
+LAST_ERROR = "last_error"
 
 
 def main(run_dir: str | Path, stop: StopFlag) -> int:
@@ -36,9 +39,10 @@ def main(run_dir: str | Path, stop: StopFlag) -> int:
     import torch.distributed as dist
 
     from hpc_ppo import checkpoint as ckpt
+    from hpc_ppo.atomic import atomic_write_text
     from hpc_ppo.config import load_config
     from hpc_ppo.dist import init_distributed, pick_device
-    from hpc_ppo.errors import ConfigError
+    from hpc_ppo.errors import ConfigError, PeerFailed, UserCodeError
     from hpc_ppo.launch.env import resolve_rank_env
 
     run_dir = Path(run_dir).resolve()
@@ -79,6 +83,14 @@ def main(run_dir: str | Path, stop: StopFlag) -> int:
     except ConfigError as e:  # bad input only a rank can see (a checkpoint of another shape)
         print(f"error: rank {env.rank}: {e}", file=sys.stderr, flush=True)
         return 2
+    except UserCodeError as e:  # a reward function failed: every rank stopped together
+        traceback.print_exc()  # the whole story in this rank's log; then the one line
+        line = f"error: rank {env.rank}: {e}"
+        print(line, file=sys.stderr, flush=True)
+        atomic_write_text(run_dir / LAST_ERROR, line + "\n")  # the launcher's last line
+        return USER_CODE_EXIT
+    except PeerFailed:  # another rank reports it; the newest checkpoint is kept as it was
+        return USER_CODE_EXIT
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -25,12 +25,12 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from hpc_ppo.atomic import atomic_write_text
 from hpc_ppo.config import RESUMABLE_KEYS, TrackingConfig, flatten
+from hpc_ppo.metrics_file import records, repair_jsonl
 from hpc_ppo.mlflow_store import create_sqlite_store
 from hpc_ppo.provenance import check_code_version
 
@@ -82,33 +82,6 @@ def read_run_id(run_dir: str | Path) -> str | None:
     return path.read_text().strip() or None
 
 
-def _records(data: bytes, path: Path | None = None) -> Iterator[tuple[int, float | None, dict]]:
-    """(step, time, metrics) of each metrics.jsonl line; a bad line is skipped, not fatal."""
-    for n, line in enumerate(data.splitlines(), 1):
-        try:
-            rec = json.loads(line)
-            step, t = int(rec.pop("step")), rec.pop("time", None)
-        except (ValueError, KeyError, TypeError, AttributeError):
-            if path:
-                log.warning("%s:%d: not a metrics record, ignored", path, n)
-            continue
-        yield step, t, rec
-
-
-def _repair_jsonl(path: Path) -> dict[str, int]:
-    """Cut a partial last line (hard kill mid-write); return each key's last logged step."""
-    last: dict[str, int] = {}
-    data = path.read_bytes() if path.exists() else b""
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        log.warning("%s: dropping a partial last line (%d bytes)", path, len(data) - end)
-        with open(path, "r+b") as f:
-            f.truncate(end)
-    for step, _, rec in _records(data[:end], path):
-        last.update((k, max(step, last.get(k, step))) for k in rec)
-    return last
-
-
 class Tracker:
     """Rank 0's tracker; see the module docstring. Not thread-safe: call from one thread."""
 
@@ -130,7 +103,7 @@ class Tracker:
         # Reattach to the folder's own run even if the caller forgot to pass it.
         self._run_id = run_id or read_run_id(self.run_dir)
         self._jsonl = self.run_dir / "metrics.jsonl"
-        self._file_last = _repair_jsonl(self._jsonl)
+        self._file_last = repair_jsonl(self._jsonl)
         self._file = open(self._jsonl, "ab")
         self._params_path = self.run_dir / "params.json"
         self._params: dict[str, str] = (
@@ -370,7 +343,7 @@ class Tracker:
                 cut = data.rfind(b"\n") + 1
                 data = data[:cut] if cut else data + f.readline()  # a line over 1 MiB
             metrics, last = [], dict(self._mlflow_last)
-            for step, t, rec in _records(data):
+            for step, t, rec in records(data):
                 # The logged time, not the send time: a retried batch is then identical and
                 # MLflow keeps one copy of it.
                 ms = int((t or time.time()) * 1000)

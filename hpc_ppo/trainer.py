@@ -24,14 +24,7 @@ from hpc_ppo.advantages import compute_advantages
 from hpc_ppo.batch import MicroBatching, balance_groups, collate, plan_micro_batches
 from hpc_ppo.checkpoint import Checkpointer
 from hpc_ppo.config import Config, to_dict
-from hpc_ppo.data import (
-    Prompt,
-    PromptSampler,
-    encode_prompt,
-    load_prompts,
-    shard_for_rank,
-    task_prompts,
-)
+from hpc_ppo.data import Prompt, encode_prompt, load_prompts, task_prompts
 from hpc_ppo.dist import agree_on_failure
 from hpc_ppo.logprobs import old_ref_logprobs_and_values
 from hpc_ppo.metrics import PhaseTimer, gpu_memory, step_metrics
@@ -41,6 +34,7 @@ from hpc_ppo.reward import resolve_rewards, score_samples
 from hpc_ppo.rollout.base import SamplingSpec
 from hpc_ppo.rollout.cycle import rollout
 from hpc_ppo.rollout.make import make_engine
+from hpc_ppo.sampler import PromptSampler, shard_for_rank
 from hpc_ppo.tracking import MetricsSink, NullTracker, open_run_tracking, read_run_id
 from hpc_ppo.update import Optimization
 from hpc_ppo.validation import Schedule, Validation

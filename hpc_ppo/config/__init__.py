@@ -4,7 +4,7 @@
 
 schema.py   the dataclasses: every key, its default, bounds, choices and doc
 load.py     YAML + overrides -> the tree (types checked); the tree -> YAML, flat params
-validate.py every rule, for the launcher about to start the job
+validate.py every rule, for the launcher about to start the job (slurm_rules.py: slurm.*)
 reference.py the README's table of keys (python -m hpc_ppo.config.reference); not imported
              here, so that command runs it once
 """
@@ -26,12 +26,11 @@ from hpc_ppo.config.schema import (
     TrackingConfig,
     TrainerConfig,
 )
+from hpc_ppo.config.slurm_rules import parse_extra_option, time_seconds
 from hpc_ppo.config.validate import (
     LAUNCHERS,
     Launcher,
     mini_batch_error,
-    parse_extra_option,
-    time_seconds,
     tp_error,
     validate,
     world_errors,
