@@ -62,6 +62,18 @@ def recorder(results: dict, out: Path):
     return section
 
 
+def timed_sleep(engine) -> dict:
+    """Put the engine to sleep; the seconds it took and the GiB it gave back."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    engine.sleep()
+    torch.cuda.synchronize()
+    return {
+        "sleep_s": round(time.perf_counter() - t0, 4),
+        "slept_gib": round(engine.slept_bytes / 1024**3, 2),
+    }
+
+
 def cycle_times(engine, policy) -> dict:
     """Seconds of wake_weights, push (bf16, as the trainer pushes) and wake_cache."""
     times = {}
@@ -184,12 +196,7 @@ def main(model_dir: str, work: Path, out: Path) -> None:
                 local.add_(
                     0.02 * torch.randn(local.shape, generator=gen, device=device, dtype=local.dtype)
                 )
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        engine.sleep()
-        torch.cuda.synchronize()
-        r["sleep_s"] = round(time.perf_counter() - t0, 4)
-        r["slept_gib"] = round(engine.slept_bytes / 1024**3, 2)
+        r.update(timed_sleep(engine))
         r.update(cycle())
         s1 = engine.generate(prompts, spec)
         r["gap"] = gap(s1)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import math
 
-from test_ppo_vllm import REPO, run_cli
+from helpers import REPO
+from test_ppo_vllm import run_cli
 
 
 def test_validation_through_vllm_greedy_and_sampled(tmp_path, local_env):

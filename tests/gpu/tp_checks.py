@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine_checks import cycle_times, logprob_gap, recorder  # noqa: E402
+from engine_checks import cycle_times, logprob_gap, recorder, timed_sleep  # noqa: E402
 
 from hpc_ppo.config import load_config  # noqa: E402
 from hpc_ppo.dist import init_distributed, pick_device  # noqa: E402
@@ -92,12 +91,7 @@ def main(model_dir: str, work: Path, out: Path) -> None:
             for p in params:
                 local = p.to_local()
                 local.add_(0.02 * torch.randn(local.shape, generator=gen, device=device))
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        engine.sleep()
-        torch.cuda.synchronize()
-        r["sleep_s"] = round(time.perf_counter() - t0, 4)
-        r["slept_gib"] = round(engine.slept_bytes / 1024**3, 2)
+        r.update(timed_sleep(engine))
         r.update(cycle())
         s1 = engine.generate(prompts, spec)
         r["gap"] = gap(s1)
