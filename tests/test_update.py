@@ -77,6 +77,7 @@ def one_step_grads(
         MicroBatching(max_rows=max_rows),
         1,
         TEMPERATURE,
+        10,  # total steps: the LR schedule's length
         policy,
         NO_CLIP,
         critic,
@@ -182,11 +183,12 @@ def test_run_steps_every_mini_batch_and_the_schedule_once():
     warmup = OptimConfig(lr=1e-3, warmup_steps=4)
     algo = AlgoConfig(ppo_epochs=2)
     opt = Optimization(
-        algo, MicroBatching(max_rows=2), 2, TEMPERATURE, policy, warmup, critic, warmup
+        algo, MicroBatching(max_rows=2), 2, TEMPERATURE, 10, policy, warmup, critic, warmup
     )
     assert [s.name for s in opt.states] == ["policy", "critic"]
     assert opt.states[0].model is policy and opt.states[1].model is critic
-    assert opt.lr == pytest.approx(1e-3 / 4)  # warmup step 1 of 4
+    lr = opt.actor.scheduler.get_last_lr
+    assert lr()[0] == pytest.approx(1e-3 / 4)  # warmup step 1 of 4
     before = policy.lm_head.weight.detach().clone()
 
     stats = opt.run(training_batch(policy, [3, 1, 4, 1, 5, 2, 6, 2]), seed=0)
@@ -195,7 +197,8 @@ def test_run_steps_every_mini_batch_and_the_schedule_once():
         assert state.scheduler.last_epoch == 1  # once per run, not per optimizer step
         steps = {int(s["step"]) for s in state.optimizer.state.values()}
         assert steps == {4}, state.name  # 2 epochs x 2 mini-batches
-    assert opt.lr == pytest.approx(1e-3 * 2 / 4)
+    assert stats["actor/lr"] == pytest.approx(1e-3 / 4)  # the LR these updates used
+    assert lr()[0] == pytest.approx(1e-3 * 2 / 4)  # the next step's
     assert not torch.equal(policy.lm_head.weight, before)
     for key in ("actor/pg_loss", "actor/grad_norm", "critic/vf_loss", "critic/grad_norm"):
         assert math.isfinite(stats[key]), (key, stats)
@@ -204,9 +207,9 @@ def test_run_steps_every_mini_batch_and_the_schedule_once():
 
 def test_grpo_has_no_critic_and_a_critic_needs_its_optimizer_config():
     policy, critic = models()
-    opt = Optimization(AlgoConfig(name="grpo"), MicroBatching(4), 1, 1.0, policy, NO_CLIP)
+    opt = Optimization(AlgoConfig(name="grpo"), MicroBatching(4), 1, 1.0, 10, policy, NO_CLIP)
     assert [s.name for s in opt.states] == ["policy"]
     stats = opt.run(training_batch(policy, [2, 3, 1, 4]), seed=0)
     assert not [k for k in stats if k.startswith("critic/")]
     with pytest.raises(ValueError, match=r"a critic needs its OptimConfig \(cfg.critic\)"):
-        Optimization(AlgoConfig(), MicroBatching(4), 1, 1.0, policy, NO_CLIP, critic)
+        Optimization(AlgoConfig(), MicroBatching(4), 1, 1.0, 10, policy, NO_CLIP, critic)

@@ -136,7 +136,7 @@ def test_one_chunk_never_asks_to_stop():
     assert got is not None and "should_stop" not in calls
 
 
-def test_timer_sees_push_each_generate_and_sleep():
+def test_timer_sees_wakes_push_each_generate_and_sleep():
     phases: list[str] = []
 
     @contextlib.contextmanager
@@ -145,4 +145,4 @@ def test_timer_sees_push_each_generate_and_sleep():
         yield
 
     rollout(FakeEngine([]), iter([]), PROMPTS, SPEC, 3, lambda: False, timer)
-    assert phases == ["push", "generate", "generate", "generate", "sleep"]
+    assert phases == ["wake", "push", "wake", "generate", "generate", "generate", "sleep"]
