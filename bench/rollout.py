@@ -147,8 +147,8 @@ def run_inrank(a: argparse.Namespace) -> dict:
 
     from hpc_ppo.config import load_config
     from hpc_ppo.dist import init_distributed, pick_device
-    from hpc_ppo.launch.env import resolve_rank_env
     from hpc_ppo.model import build_tokenizer, full_state_iter, load_policy, shard
+    from hpc_ppo.rank_env import resolve_rank_env
     from hpc_ppo.rollout.base import SamplingSpec
     from hpc_ppo.rollout.make import make_engine
 

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from hpc_ppo.errors import PeerFailed, UserCodeError
-from hpc_ppo.launch.env import RankEnv, export_torch_env
+from hpc_ppo.rank_env import RankEnv, export_torch_env
 
 T = TypeVar("T")
 

@@ -43,7 +43,7 @@ def main(run_dir: str | Path, stop: StopFlag) -> int:
     from hpc_ppo.config import load_config
     from hpc_ppo.dist import init_distributed, pick_device
     from hpc_ppo.errors import ConfigError, PeerFailed, UserCodeError
-    from hpc_ppo.launch.env import resolve_rank_env
+    from hpc_ppo.rank_env import resolve_rank_env
 
     run_dir = Path(run_dir).resolve()
     env = resolve_rank_env()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hpc_ppo.launch.env import LAUNCHER_VARS
+from hpc_ppo.rank_env import LAUNCHER_VARS
 
 if TYPE_CHECKING:
     import torch
@@ -138,7 +138,7 @@ def gloo_rank() -> Iterator[None]:
     """torch.distributed as one gloo rank in this process (what FSDP2 and DCP need)."""
     import torch.distributed as dist
 
-    from hpc_ppo.launch.env import find_free_port
+    from hpc_ppo.rank_env import find_free_port
 
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{find_free_port()}", rank=0, world_size=1

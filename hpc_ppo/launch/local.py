@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from hpc_ppo.config import Config
-from hpc_ppo.launch.env import find_free_port
 from hpc_ppo.preempt import STOP_SIGNALS, stop_signals_blocked
+from hpc_ppo.rank_env import find_free_port
 
 
 def launch_local(cfg: Config, run_dir: Path) -> int:

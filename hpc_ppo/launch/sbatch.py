@@ -34,8 +34,8 @@ from hpc_ppo.config import (
     to_dict,
 )
 from hpc_ppo.errors import ConfigError
-from hpc_ppo.launch.env import LAUNCHER_VARS
 from hpc_ppo.preempt import HOLD_SIGNALS
+from hpc_ppo.rank_env import LAUNCHER_VARS
 
 
 def time_minutes(text: str) -> int:

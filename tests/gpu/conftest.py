@@ -69,7 +69,7 @@ def _one_bound_gpu_env(local_id: int) -> dict[str, str]:
     """A Slurm task bound to one GPU (--gpus-per-task=1) whose SLURM_LOCALID is `local_id`."""
     env = _rank_env_without_torchrun()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip() or "0"
-    from hpc_ppo.launch.env import find_free_port
+    from hpc_ppo.rank_env import find_free_port
 
     env.update(
         CUDA_VISIBLE_DEVICES=visible,

@@ -36,8 +36,8 @@ from hpc_ppo.batch import (  # noqa: E402
 from hpc_ppo.config import load_config  # noqa: E402
 from hpc_ppo.dist import init_distributed, pick_device  # noqa: E402
 from hpc_ppo.errors import ConfigError  # noqa: E402
-from hpc_ppo.launch.env import resolve_rank_env  # noqa: E402
 from hpc_ppo.model import build_tokenizer, full_state_iter, load_policy, shard  # noqa: E402
+from hpc_ppo.rank_env import resolve_rank_env  # noqa: E402
 from hpc_ppo.rollout.base import SamplingSpec  # noqa: E402
 from hpc_ppo.rollout.make import make_engine  # noqa: E402
 

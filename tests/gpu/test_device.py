@@ -11,7 +11,7 @@ from helpers import REPO
 PROBE = """
 import json, torch
 from hpc_ppo.dist import pick_device
-from hpc_ppo.launch.env import export_torch_env, resolve_rank_env
+from hpc_ppo.rank_env import export_torch_env, resolve_rank_env
 env = resolve_rank_env()
 device = pick_device("auto", env.local_rank)
 export_torch_env(env)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpc_ppo.launch.env import find_free_port
+from hpc_ppo.rank_env import find_free_port
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -27,8 +27,8 @@ from engine_checks import cycle_times, logprob_gap, recorder, timed_sleep  # noq
 
 from hpc_ppo.config import load_config  # noqa: E402
 from hpc_ppo.dist import init_distributed, pick_device  # noqa: E402
-from hpc_ppo.launch.env import resolve_rank_env  # noqa: E402
 from hpc_ppo.model import build_tokenizer, load_policy, shard  # noqa: E402
+from hpc_ppo.rank_env import resolve_rank_env  # noqa: E402
 from hpc_ppo.rollout.base import SamplingSpec  # noqa: E402
 from hpc_ppo.rollout.make import make_engine  # noqa: E402
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from hpc_ppo.launch.env import LAUNCHER_VARS
+from hpc_ppo.rank_env import LAUNCHER_VARS
 
 SCRIPT = Path(__file__).resolve().parent / "local_slurm.sh"
 REPO = Path(__file__).resolve().parents[2]

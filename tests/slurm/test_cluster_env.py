@@ -1,4 +1,4 @@
-"""hpc_ppo.launch.env under a real srun: 2 nodes x 2 tasks on the local Slurm cluster (conftest.py).
+"""hpc_ppo.rank_env under a real srun: 2 nodes x 2 tasks on the local Slurm cluster (conftest.py).
 
 HPC_PPO_REQUIRE_SLURM=1 python -m pytest tests/slurm/test_cluster_env.py -q
 """
@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from hpc_ppo.launch.env import expand_nodelist
+from hpc_ppo.rank_env import expand_nodelist
 
 pytestmark = pytest.mark.slurm
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slurm
 PROBE = """
 import json, os, socket
 from dataclasses import asdict
-from hpc_ppo.launch.env import resolve_rank_env
+from hpc_ppo.rank_env import resolve_rank_env
 info = asdict(resolve_rank_env())
 info.update(host=socket.gethostname(), localid=os.environ.get("SLURM_LOCALID"),
             restart=os.environ.get("SLURM_RESTART_COUNT"), cvd=os.environ.get("CUDA_VISIBLE_DEVICES"))
@@ -28,7 +28,7 @@ print(json.dumps(info), flush=True)
 
 ALLREDUCE = """
 import datetime, json, torch, torch.distributed as dist
-from hpc_ppo.launch.env import export_torch_env, resolve_rank_env
+from hpc_ppo.rank_env import export_torch_env, resolve_rank_env
 env = resolve_rank_env()
 export_torch_env(env)
 dist.init_process_group("gloo", init_method="env://", timeout=datetime.timedelta(seconds=60))

@@ -1,5 +1,8 @@
 """Rank environment: rank, local rank, world size and rendezvous address of this process.
 
+Used by every rank (hpc_ppo.dist sets up the process group from it) and by the launchers
+(which must not leak these variables into the jobs they start: LAUNCHER_VARS).
+
 Every rank calls this before `torch.distributed.init_process_group("env://")` and before vLLM
 starts, so that both read the same RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT:
 
@@ -7,7 +10,7 @@ starts, so that both read the same RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR 
     export_torch_env(env)
 
 srun sets none of the torch variables, so under Slurm they are derived from SLURM_* here
-(pure Python: no `scontrol` call per rank). Run `python -m hpc_ppo.launch.env` under srun to
+(pure Python: no `scontrol` call per rank). Run `python -m hpc_ppo.rank_env` under srun to
 see what each task resolves.
 """
 

@@ -1,4 +1,4 @@
-"""Unit tests for hpc_ppo.launch.env: rank environments as srun/torchrun set them, faked as dicts.
+"""Unit tests for hpc_ppo.rank_env: rank environments as srun/torchrun set them, faked as dicts.
 
 python -m pytest tests/launch/test_env.py -q
 """
@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from hpc_ppo.launch.env import (
+from hpc_ppo.rank_env import (
     PORT_HI,
     PORT_LO,
     RankEnv,
