@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -36,15 +37,43 @@ def pick_device(choice: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+LOOPBACK = "127.0.0.1"
+_listening: list[socket.socket] = []  # rank 0's bound rendezvous socket, alive with the store
+
+
 def init_distributed(env: RankEnv, device: torch.device, timeout_s: int = 1800) -> None:
     export_torch_env(env)
     backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+    timeout = datetime.timedelta(seconds=timeout_s)
     dist.init_process_group(
         backend=backend,
         rank=env.rank,
         world_size=env.world_size,
-        timeout=datetime.timedelta(seconds=timeout_s),
+        timeout=timeout,
         device_id=device if device.type == "cuda" else None,
+        store=_loopback_store(env, timeout),
+    )
+
+
+def _loopback_store(env: RankEnv, timeout: datetime.timedelta) -> dist.Store | None:
+    """Ranks that all run on this machine (`hpc-ppo run`: MASTER_ADDR=127.0.0.1) listen on the
+    loopback interface only: torch's TCPStore binds every interface by default and gloo the
+    host name's, which on a shared login node lets anyone on the network reach rank 0's store.
+    None (torch's env:// rendezvous) for jobs across nodes, which must listen on the network.
+    """
+    if env.master_addr != LOOPBACK or env.world_size == 1:
+        return None
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's pairs on loopback too
+    os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")  # and NCCL's bootstrap
+    if env.rank != 0:
+        return dist.TCPStore(LOOPBACK, env.master_port, env.world_size, False, timeout)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((LOOPBACK, env.master_port))
+    sock.listen(max(128, env.world_size))
+    _listening.append(sock)
+    return dist.TCPStore(
+        LOOPBACK, env.master_port, env.world_size, True, timeout, master_listen_fd=sock.fileno()
     )
 
 
