@@ -1,5 +1,7 @@
 """torch.distributed setup for one rank, and the few collectives the trainer needs.
 
+    hpc-ppo run configs/tiny-cpu.yaml trainer.nprocs=2     # two gloo ranks on loopback
+
 CPU ranks use gloo; GPU ranks use NCCL for tensors and gloo for the CPU-side agreement
 (stop flags, metrics), so a small CPU tensor never forces a device copy.
 """

@@ -1,5 +1,7 @@
 """Stop requests: Slurm's warning signal (USR2), preemption / scancel (TERM), Ctrl-C (INT).
 
+    hpc-ppo run configs/tiny-cpu.yaml & sleep 20; kill -TERM %1    # saves, says how to go on
+
 The handler only records the signal; ranks agree on stopping through `StopFlag.agreed()`, an
 all-reduce every rank calls at the same safe points (after the process group exists, between
 rollout chunks and between steps), so no rank saves or exits alone. Never a collective or a
