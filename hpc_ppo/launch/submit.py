@@ -93,11 +93,32 @@ def rank_command(run_dir: Path) -> str:
     return task_command(shlex.quote(sys.executable), shlex.quote(str(run_dir.absolute())))
 
 
+# submitit has no public way to submit a command (not a pickled function) or to render a batch
+# script without srun present; these two private names do both. setup.cfg pins the releases
+# they were checked against, and `submitit_private_api` fails with the fix if they move.
+SUBMITIT_TESTED = ">=1.5.2,<1.6"
+
+
+def submitit_private_api() -> tuple[Any, Any]:
+    """(`_make_sbatch_string`, SlurmExecutor) after checking the private names exist."""
+    import submitit
+    from submitit.slurm import slurm
+
+    render = getattr(slurm, "_make_sbatch_string", None)
+    if render is None or not hasattr(slurm.SlurmExecutor, "_submit_command"):
+        raise SubmitError(
+            f"submitit {submitit.__version__} lacks the private functions hpc-ppo submits through"
+            f" (_make_sbatch_string, SlurmExecutor._submit_command): install submitit"
+            f"{SUBMITIT_TESTED}, e.g. pip install 'submitit{SUBMITIT_TESTED}'"
+        )
+    return render, slurm.SlurmExecutor
+
+
 def batch_script(cfg: Config, run_dir: Path) -> str:
     """The batch script `submit(cfg, run_dir)` hands to sbatch, rendered without Slurm."""
     # submitit renders through this module-level function in SlurmExecutor as well; it needs no
     # srun, which the executor's constructor insists on.
-    from submitit.slurm.slurm import _make_sbatch_string
+    _make_sbatch_string, _ = submitit_private_api()
 
     params = submitit_parameters(cfg, cfg.slurm.job_name or run_dir.name)
     return _make_sbatch_string(
@@ -124,11 +145,11 @@ def submit(cfg: Config, run_dir: Path) -> str:
     If sbatch refuses, the run folder is deleted (no folder claims a job that does not exist)
     and SubmitError says what sbatch said and which config key to change.
     """
-    from submitit import SlurmExecutor
     from submitit.core.utils import FailedJobError, FailedSubmissionError
 
     try:
         require_sbatch()
+        _, SlurmExecutor = submitit_private_api()
         executor = SlurmExecutor(folder=submitit_folder(run_dir))
         submitit_folder(run_dir).mkdir(parents=True, exist_ok=True)  # submit() would make it
         executor.update_parameters(**submitit_parameters(cfg, cfg.slurm.job_name or run_dir.name))

@@ -274,3 +274,17 @@ def test_unknown_sbatch_error_points_at_the_slurm_section():
     text = submit.explain_sbatch_error("sbatch: error: something new", cfg)
     assert text.startswith("sbatch: error: something new\n")
     assert "slurm.*" in text
+
+
+def test_the_private_submitit_api_is_there_and_pinned(monkeypatch):
+    """submit goes through two private submitit names: present in the pinned release, and a
+    clear error naming the fix when a submitit without them is installed."""
+    render, executor = submit.submitit_private_api()
+    assert callable(render) and hasattr(executor, "_submit_command")
+    setup_cfg = (CONFIGS.parent / "setup.cfg").read_text()
+    assert f"submitit{submit.SUBMITIT_TESTED}" in setup_cfg
+    from submitit.slurm import slurm
+
+    monkeypatch.delattr(slurm, "_make_sbatch_string")
+    with pytest.raises(submit.SubmitError, match=r"install submitit>=1.5.2,<1.6"):
+        submit.submitit_private_api()
