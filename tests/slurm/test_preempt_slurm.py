@@ -243,7 +243,7 @@ def test_usr2_twice_requeues_resumes_and_ends_bitwise_equal_to_uninterrupted(
 ):
     """`scancel --signal=USR2` mid-run, twice: the ranks save, requeue the job themselves and
     resume from exactly the saved step; the end state equals an uninterrupted job's."""
-    steps = 12
+    steps = 20  # resumed steps take ~0.4 s: room for the second USR2 under load
     # Both at once: each holds 1 of the 2 CPUs of n1 and n2.
     ref = submit("ref", steps)
     job = submit("stopped", steps)
