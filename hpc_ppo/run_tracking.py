@@ -1,0 +1,61 @@
+"""Rank 0's tracking for one run: the MLflow tracker, what it records once, and where to look.
+
+    hpc-ppo run configs/tiny-cpu.yaml     # prints `mlflow ui ...` and the run's URL at start
+
+Beyond tracking.py's params and tags: the resolved config.yaml as an artifact (`config/`),
+`mlflow.source.git.commit` when the package runs from a git checkout (the UI's "Source"
+column), the experiment marked as classic ML so MLflow 3's UI opens on its runs, not on the
+GenAI traces page.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from shlex import quote
+from typing import Any
+
+from hpc_ppo.config import TrackingConfig
+from hpc_ppo.provenance import git_commit
+from hpc_ppo.tracking import MetricsSink, open_run_tracking
+
+log = logging.getLogger(__name__)
+UI_PORT = 5000  # mlflow ui's default
+EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3's UI reads it to pick the landing tab
+
+
+def open_tracking(run_dir: Path, tracking: TrackingConfig, config: dict[str, Any]) -> MetricsSink:
+    """The tracker of `open_run_tracking` plus the config artifact and the git commit tag."""
+    tracker = open_run_tracking(run_dir, tracking, config)
+    commit = git_commit()
+    if commit:
+        tracker.set_tags({"mlflow.source.git.commit": commit})
+    tracker.log_artifact(run_dir / "config.yaml", "config")
+    return tracker
+
+
+def mlflow_ui_hint(tracker: MetricsSink, timeout_s: float = 15) -> tuple[str, str]:
+    """(the `mlflow ui` command for the run's store, the URL of the run's page there).
+
+    Waits up to `timeout_s` for the tracker's first contact with the store (the run id);
+    marks the experiment as classic ML if nobody chose a kind for it yet.
+    """
+    uri = getattr(tracker, "uri", None)  # a Tracker's; None on ranks other than 0
+    if uri is None:
+        return "", ""
+    served = uri.startswith(("http://", "https://"))  # a tracking server is its own UI
+    command = f"(served at {uri})" if served else f"mlflow ui --backend-store-uri {quote(uri)}"
+    base = uri.rstrip("/") if served else f"http://127.0.0.1:{UI_PORT}"
+    if not tracker.flush(timeout_s) or tracker.run_id is None:
+        return command, f"{base} (the run id is not known yet: MLflow did not answer)"
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        exp_id = client.get_run(tracker.run_id).info.experiment_id
+        if EXPERIMENT_KIND not in client.get_experiment(exp_id).tags:
+            client.set_experiment_tag(exp_id, EXPERIMENT_KIND, "custom_model_development")
+    except Exception as e:  # a hint, not a requirement
+        log.warning("MLflow run page unknown: %s", e)
+        return command, base
+    return command, f"{base}/#/experiments/{exp_id}/runs/{tracker.run_id}"
