@@ -5,7 +5,7 @@
 Beyond tracking.py's params and tags: the resolved config.yaml as an artifact (`config/`),
 `mlflow.source.git.commit` when the package runs from a git checkout (the UI's "Source"
 column), the experiment marked as classic ML so MLflow 3's UI opens on its runs, not on the
-GenAI traces page.
+GenAI traces page, and TensorBoard event files when `tracking.tensorboard` is on.
 """
 
 from __future__ import annotations
@@ -25,12 +25,17 @@ EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3's UI reads it to pick the 
 
 
 def open_tracking(run_dir: Path, tracking: TrackingConfig, config: dict[str, Any]) -> MetricsSink:
-    """The tracker of `open_run_tracking` plus the config artifact and the git commit tag."""
+    """`open_run_tracking`'s tracker plus the config artifact, the git commit tag and, with
+    `tracking.tensorboard`, the TensorBoard mirror."""
     tracker = open_run_tracking(run_dir, tracking, config)
     commit = git_commit()
     if commit:
         tracker.set_tags({"mlflow.source.git.commit": commit})
     tracker.log_artifact(run_dir / "config.yaml", "config")
+    if tracking.tensorboard:
+        from hpc_ppo.tensorboard_sink import TensorBoardMirror, WithTensorBoard
+
+        return WithTensorBoard(tracker, TensorBoardMirror(run_dir))
     return tracker
 
 

@@ -10,11 +10,13 @@ the verl-style statistics (issue #14).
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from helpers import REPO, TINY, local_env, mlflow_run
+from helpers import REPO, TINY, local_env, metrics, mlflow_run
 
 from hpc_ppo.runlog import LOG_FILE
 
@@ -92,3 +94,65 @@ def test_redirected_run_logs_one_line_per_step_and_fills_mlflow(tmp_path: Path) 
     ):
         history = client.get_metric_history(run.info.run_id, key)
         assert sorted(m.step for m in history) == list(range(STEPS)), key
+
+
+def test_stop_and_resume_keep_one_log_file_and_one_tensorboard_value_per_step(
+    tmp_path: Path,
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps = 4
+    run_dir = tmp_path / "r"
+    args = [TINY, f"trainer.output_dir={tmp_path}", "trainer.run_name=r", *SMALL]
+    args += [f"trainer.total_steps={steps}", "tracking.tensorboard=true"]
+    with open(tmp_path / "log1", "w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hpc_ppo.cli", "run", *args],
+            cwd=REPO,
+            env=local_env(),
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 240
+        while len(metrics(run_dir, live=True)) < 2 and proc.poll() is None:
+            assert time.monotonic() < deadline, (tmp_path / "log1").read_text()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=240) == 0, (tmp_path / "log1").read_text()
+    first = (tmp_path / "log1").read_text()
+    assert "stopped and saved" in first and "\r" not in first, first
+    stopped_at = max(step_numbers(first))
+    assert stopped_at < steps, first
+
+    # The resume runs as a requeued job would be numbered: restart 1.
+    env = {**local_env(), "SLURM_RESTART_COUNT": "1"}
+    with open(tmp_path / "log2", "w") as f:
+        rc = subprocess.run(
+            [sys.executable, "-m", "hpc_ppo.cli", "run", str(run_dir)],
+            cwd=REPO,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            timeout=240,
+        ).returncode
+    second = (tmp_path / "log2").read_text()
+    assert rc == 0, second
+    assert step_numbers(second) == list(range(stopped_at + 1, steps + 1)), second
+
+    run_log = (run_dir / LOG_FILE).read_text()
+    assert step_numbers(run_log) == list(range(1, steps + 1)), run_log  # both parts, in order
+    first_part, _, second_part = run_log.partition("[restart 1]")
+    assert "[restart 0] [rank 0]" in first_part and second_part, run_log
+
+    jsonl_steps: dict[str, list[int]] = {}
+    for row in metrics(run_dir):
+        for key, value in row.items():
+            if key not in ("step", "time") and value is not None:
+                jsonl_steps.setdefault(key, []).append(row["step"])
+    events = EventAccumulator(str(run_dir / "tensorboard"), purge_orphaned_data=False).Reload()
+    tags = events.Tags()["scalars"]
+    assert set(tags) == set(jsonl_steps) and "critic/vf_explained_var" in tags
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 2  # one a job
+    for tag in tags:
+        assert [e.step for e in events.Scalars(tag)] == jsonl_steps[tag], tag
+    assert jsonl_steps["reward/mean"] == list(range(steps))

@@ -230,6 +230,9 @@ class TrainerConfig:
 class TrackingConfig:
     uri: str | None = _spec(None, doc="MLflow tracking URI (default: sqlite in the run dir)")
     experiment: str = _spec("hpc-ppo", doc="MLflow experiment name")
+    tensorboard: bool = _spec(
+        False, doc="also write TensorBoard event files to <run dir>/tensorboard (needs tensorboard)"
+    )
 
 
 @dataclass
