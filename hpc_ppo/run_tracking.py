@@ -3,9 +3,9 @@
     hpc-ppo run configs/tiny-cpu.yaml     # prints `mlflow ui ...` and the run's URL at start
 
 Beyond tracking.py's params and tags: the resolved config.yaml as an artifact (`config/`),
-`mlflow.source.git.commit` when the package runs from a git checkout (the UI's "Source"
-column), the experiment marked as classic ML so MLflow 3's UI opens on its runs, not on the
-GenAI traces page, and TensorBoard event files when `tracking.tensorboard` is on.
+`mlflow.source.git.commit` when the package runs from a git checkout (the UI's "Source"), a
+run URL that opens MLflow 3's classic pages (the run's metric charts), not the GenAI traces
+page, and TensorBoard event files when `tracking.tensorboard` is on.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from shlex import quote
 from typing import Any
 
 from hpc_ppo.config import TrackingConfig
-from hpc_ppo.provenance import git_commit
+from hpc_ppo.provenance import PACKAGE_DIR, git_commit
 from hpc_ppo.tracking import MetricsSink, open_run_tracking
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,14 @@ def open_tracking(run_dir: Path, tracking: TrackingConfig, config: dict[str, Any
     `tracking.tensorboard`, the TensorBoard mirror."""
     tracker = open_run_tracking(run_dir, tracking, config)
     commit = git_commit()
-    if commit:
-        tracker.set_tags({"mlflow.source.git.commit": commit})
+    if commit:  # what the UI's "Source" shows: the checkout, and the commit beside it
+        tracker.set_tags(
+            {
+                "mlflow.source.git.commit": commit,
+                "mlflow.source.name": str(PACKAGE_DIR.parent),
+                "mlflow.source.type": "LOCAL",
+            }
+        )
     tracker.log_artifact(run_dir / "config.yaml", "config")
     if tracking.tensorboard:
         from hpc_ppo.tensorboard_sink import TensorBoardMirror, WithTensorBoard
@@ -63,4 +69,8 @@ def mlflow_ui_hint(tracker: MetricsSink, timeout_s: float = 15) -> tuple[str, st
     except Exception as e:  # a hint, not a requirement
         log.warning("MLflow run page unknown: %s", e)
         return command, base
-    return command, f"{base}/#/experiments/{exp_id}/runs/{tracker.run_id}"
+    # MLflow 3.17's UI picks GenAI or classic ("Model training") pages from this query
+    # parameter (else from the browser's last choice, GenAI at first); earlier 3.x releases
+    # from the experiment's kind tag set above.
+    page = f"#/experiments/{exp_id}/runs/{tracker.run_id}/model-metrics"
+    return command, f"{base}/{page}?workflowType=machine_learning"

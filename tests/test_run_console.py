@@ -64,7 +64,11 @@ def test_redirected_run_logs_one_line_per_step_and_fills_mlflow(tmp_path: Path) 
         if STEP_LINE.search(line):
             assert line.count("hpc_ppo.progress") == 1 and " eta " in line, line
     run_dir = Path(text.strip().splitlines()[-1].removeprefix("run_dir: "))
-    url = re.search(r"mlflow run\s+(http://127\.0\.0\.1:5000/#/experiments/(\w+)/runs/(\w+))", text)
+    url = re.search(
+        r"mlflow run\s+http://127\.0\.0\.1:5000/#/experiments/(\w+)/runs/(\w+)/model-metrics"
+        r"\?workflowType=machine_learning\n",
+        text,
+    )
     assert url and f"mlflow ui --backend-store-uri sqlite:///{run_dir}/mlflow.db" in text, text
     assert "rank(s) on 1 node(s)" in text and "policy" in text and "torch " in text
 
@@ -73,7 +77,7 @@ def test_redirected_run_logs_one_line_per_step_and_fills_mlflow(tmp_path: Path) 
     assert "[restart 0] [rank 0]" in run_log
 
     client, run = mlflow_run(run_dir)
-    assert (url.group(2), url.group(3)) == (run.info.experiment_id, run.info.run_id)
+    assert (url.group(1), url.group(2)) == (run.info.experiment_id, run.info.run_id)
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # UI opens on runs
     assert [f.path for f in client.list_artifacts(run.info.run_id, "config")] == [
@@ -82,6 +86,7 @@ def test_redirected_run_logs_one_line_per_step_and_fills_mlflow(tmp_path: Path) 
     commit = git_head()
     if commit:  # this checkout is a git checkout in CI; an unpacked sdist is not
         assert run.data.tags["mlflow.source.git.commit"] == commit
+        assert run.data.tags["mlflow.source.name"] == str(REPO)
     assert run.data.tags["code.version"]
     for key in (
         "response/length_min",
