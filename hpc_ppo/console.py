@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from importlib import metadata
+from typing import Any
 
 log = logging.getLogger("hpc_ppo.progress")
 
@@ -55,25 +56,26 @@ class StepLog:
         self.start, self.total, self.enabled = start, total, enabled
         self.end_time = slurm_end_time() if enabled else None  # once: squeue is a server call
         self.t0 = time.monotonic()
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=start, desc="ppo", unit="step", mininterval=1.0)
+        self.bar: Any = None
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
-        """While training: records go above the bar (a no-op without one); closes the bar."""
-        if self.bar is None:
+        """While training: on a terminal, a bar with the records written above it."""
+        if not (self.enabled and sys.stderr.isatty()):
             yield
             return
+        from tqdm import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 
-        try:
-            with logging_redirect_tqdm():
+        # Made here, not earlier: a record logged while a bar is drawn would share its line.
+        with logging_redirect_tqdm():
+            self.bar = tqdm(
+                total=self.total, initial=self.start, desc="ppo", unit="step", mininterval=1.0
+            )
+            try:
                 yield
-        finally:
-            self.bar.close()
+            finally:
+                self.bar.close()
 
     def step(self, done: int, m: Mapping[str, float]) -> None:
         """Log the line for the step that made `done` steps complete."""

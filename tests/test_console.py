@@ -5,6 +5,7 @@ Run: python -m pytest tests/test_console.py -q
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from pathlib import Path
@@ -53,3 +54,42 @@ def test_other_ranks_print_nothing(caplog) -> None:
     with caplog.at_level(logging.INFO, logger="hpc_ppo.progress"), steps.active():
         steps.step(1, {"reward/mean": 1.0})
     assert not caplog.records and steps.bar is None
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def shown_lines(written: str) -> list[str]:
+    """What a terminal shows: each line as the text after its last carriage return."""
+    return [line.rsplit("\r", 1)[-1].rstrip() for line in written.split("\n")]
+
+
+def test_on_a_terminal_records_never_share_the_bars_line(tmp_path, monkeypatch) -> None:
+    from hpc_ppo.runlog import setup_logging
+
+    term = Terminal()
+    monkeypatch.setattr("sys.stderr", term)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        setup_logging(tmp_path, 0, {})  # its console handler writes to the patched stderr
+        steps = console.StepLog(start=0, total=3)
+        with steps.active():
+            assert steps.bar is not None
+            for done in (1, 2, 3):
+                logging.getLogger("hpc_ppo.other").warning("something %d", done)
+                steps.step(done, {"reward/mean": 0.5})
+    finally:
+        for h in list(root.handlers):
+            if h not in handlers:
+                root.removeHandler(h)
+                h.close()
+        root.setLevel(level)
+        logging.captureWarnings(False)
+    lines = shown_lines(term.getvalue())
+    records = [line for line in lines if "[rank 0]" in line]
+    assert len(records) == 6, lines
+    assert all(line.startswith("20") and "ppo:" not in line for line in records), lines
+    assert any(line.startswith("ppo: 100%") for line in lines), lines
