@@ -66,28 +66,20 @@ def shown_lines(written: str) -> list[str]:
     return [line.rsplit("\r", 1)[-1].rstrip() for line in written.split("\n")]
 
 
-def test_on_a_terminal_records_never_share_the_bars_line(tmp_path, monkeypatch) -> None:
+def test_on_a_terminal_records_never_share_the_bars_line(
+    tmp_path, monkeypatch, restore_logging
+) -> None:
     from hpc_ppo.runlog import setup_logging
 
     term = Terminal()
     monkeypatch.setattr("sys.stderr", term)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        setup_logging(tmp_path, 0, {})  # its console handler writes to the patched stderr
-        steps = console.StepLog(start=0, total=3)
-        with steps.active():
-            assert steps.bar is not None
-            for done in (1, 2, 3):
-                logging.getLogger("hpc_ppo.other").warning("something %d", done)
-                steps.step(done, {"reward/mean": 0.5})
-    finally:
-        for h in list(root.handlers):
-            if h not in handlers:
-                root.removeHandler(h)
-                h.close()
-        root.setLevel(level)
-        logging.captureWarnings(False)
+    setup_logging(tmp_path, 0, {})  # its console handler writes to the patched stderr
+    steps = console.StepLog(start=0, total=3)
+    with steps.active():
+        assert steps.bar is not None
+        for done in (1, 2, 3):
+            logging.getLogger("hpc_ppo.other").warning("something %d", done)
+            steps.step(done, {"reward/mean": 0.5})
     lines = shown_lines(term.getvalue())
     records = [line for line in lines if "[rank 0]" in line]
     assert len(records) == 6, lines

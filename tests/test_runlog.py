@@ -6,25 +6,9 @@ Run: python -m pytest tests/test_runlog.py -q
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from hpc_ppo.runlog import LOG_FILE, restart_count, setup_logging
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for h in list(root.handlers):
-        if h not in handlers:
-            root.removeHandler(h)
-            h.close()
-    root.setLevel(level)
-    logging.captureWarnings(False)
 
 
 def test_restart_count_reads_slurm_and_defaults_to_zero() -> None:
