@@ -11,6 +11,7 @@ Used by tracking.py's background thread; kept apart because it touches MLflow in
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -40,8 +41,11 @@ def create_sqlite_store(path: Path) -> None:
     from mlflow import MlflowClient
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.init")
-    tmp.unlink(missing_ok=True)
+    # A name of its own: runs sharing a store may build it at once, even with one pid (threads,
+    # or processes on two nodes).
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".init")
+    os.close(fd)
+    tmp = Path(name)
     uri = f"sqlite:///{tmp}"
     MlflowClient(tracking_uri=uri).search_experiments()  # runs every migration
     _dispose_sqlite_engines(uri)
