@@ -61,6 +61,7 @@ class StepLog:
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         """While training: on a terminal, a bar with the records written above it."""
+        self.t0 = time.monotonic()  # the ETA counts training only, not the start before it
         if not (self.enabled and sys.stderr.isatty()):
             yield
             return
