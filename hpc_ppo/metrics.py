@@ -17,7 +17,7 @@ import torch
 
 from hpc_ppo import dist as hdist
 from hpc_ppo.algo.advantages import masked_mean
-from hpc_ppo.batch import RolloutBatch
+from hpc_ppo.batch import RolloutBatch, row_lengths
 
 
 class PhaseTimer:
@@ -57,6 +57,10 @@ def gpu_memory(device: torch.device, engine: object) -> dict[str, float]:
         "gpu/peak_allocated_gib": torch.cuda.max_memory_allocated(device) / GiB,
         "gpu/peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GiB,
     }
+    # NVML's busy share over its last sample period (up to 1 s), read at the step's end (the
+    # update): a cheap hint, not an average over the step. Needs pynvml; absent without it.
+    with contextlib.suppress(Exception):
+        out["gpu/utilization_pct"] = float(torch.cuda.utilization(device))
     used = getattr(engine, "used_bytes_awake", 0)
     if used:
         out["gpu/used_rollout_gib"] = used / GiB
@@ -97,4 +101,44 @@ def step_metrics(
     metrics["perf/gen_tokens_per_s"] = tokens[0] / max(slowest.get("generate", 0.0), 1e-9)
     metrics["perf/tokens_per_s"] = tokens[1] / max(slowest["step"], 1e-9)
     metrics["perf/tokens"] = tokens[1]
+    metrics["response/clip_ratio"] = 1.0 - metrics["response/finished_frac"]
+    metrics.update(batch_stats(batch))
     return metrics
+
+
+def batch_stats(batch: RolloutBatch) -> dict[str, float]:
+    """Mean, min and max over all ranks of prompt and response lengths (per sample) and of
+    advantages, returns and values (per response token), and the critic's explained variance
+    1 - Var(returns - values) / Var(returns) (verl's `critic/vf_explained_var`). A collective."""
+    prompt, response = row_lengths(batch)
+    mask = batch["response_mask"].bool()
+    series = {"prompt/length": prompt.double(), "response/length": response.double()}
+    for key in ("advantages", "returns", "values"):
+        if key in batch:
+            series[f"critic/{key}"] = batch[key][mask].detach().double().cpu()
+    sums = hdist.all_reduce(
+        [v for x in series.values() for v in (float(x.sum()), x.numel())], "sum"
+    )
+    ext = hdist.all_reduce([v for x in series.values() for v in (_top(x), _top(-x))], "max")
+    out = {}
+    for i, name in enumerate(series):
+        out[f"{name}_mean"] = float(sums[2 * i] / max(sums[2 * i + 1], 1))
+        out[f"{name}_max"], out[f"{name}_min"] = float(ext[2 * i]), -float(ext[2 * i + 1])
+    del out["response/length_mean"]  # step_metrics logs it (the mean of rank means)
+    if "critic/returns" in series and "critic/values" in series:
+        ret, diff = series["critic/returns"], series["critic/returns"] - series["critic/values"]
+        moments = [
+            float(ret.sum()),
+            float((ret * ret).sum()),
+            float(diff.sum()),
+            float((diff * diff).sum()),
+        ]
+        s = hdist.all_reduce(moments, "sum")
+        n = max(sums[2 * list(series).index("critic/returns") + 1], 1)
+        var_ret, var_diff = s[1] / n - (s[0] / n) ** 2, s[3] / n - (s[2] / n) ** 2
+        out["critic/vf_explained_var"] = 1.0 - var_diff / var_ret if var_ret > 1e-12 else 0.0
+    return out
+
+
+def _top(x: torch.Tensor) -> float:
+    return float(x.max()) if x.numel() else float("-inf")

@@ -19,6 +19,17 @@ log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
+def _git(*args: str) -> str:
+    """`git ARGS` in the checkout holding this package; raises outside one (or without git)."""
+    return subprocess.run(
+        ["git", "-C", str(PACKAGE_DIR.parent), *args],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    ).stdout.strip()
+
+
 def code_version() -> str:
     """`<package version>` plus, in a git checkout, `+g<commit>[.dirty]`."""
     try:
@@ -26,24 +37,20 @@ def code_version() -> str:
     except metadata.PackageNotFoundError:
         version = "unknown"
     try:
-        git = ["git", "-C", str(PACKAGE_DIR.parent)]
-        commit = subprocess.run(
-            [*git, "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            [*git, "status", "--porcelain", "--untracked-files=no", "--", "hpc_ppo"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
+        commit = _git("rev-parse", "--short=12", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no", "--", "hpc_ppo")
     except (OSError, subprocess.SubprocessError):
         return version  # an installed wheel, or no git on the node
     return f"{version}+g{commit}{'.dirty' if dirty else ''}"
+
+
+def git_commit() -> str | None:
+    """The full commit of the checkout this package runs from (MLflow's
+    `mlflow.source.git.commit`); None outside a git checkout."""
+    try:
+        return _git("rev-parse", "HEAD") or None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def check_code_version(run_dir: Path) -> str:

@@ -44,14 +44,12 @@ def main(run_dir: str | Path, stop: StopFlag) -> int:
     from hpc_ppo.dist import init_distributed, pick_device
     from hpc_ppo.errors import ConfigError, PeerFailed, UserCodeError
     from hpc_ppo.rank_env import resolve_rank_env
+    from hpc_ppo.runlog import setup_logging
 
     run_dir = Path(run_dir).resolve()
     env = resolve_rank_env()
     cfg = load_config(run_dir / "config.yaml")
-    logging.basicConfig(
-        level=logging.INFO if env.rank == 0 else logging.WARNING,
-        format=f"%(asctime)s [rank {env.rank}] %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(run_dir, env.rank)  # stderr and RUN_DIR/run.log (runlog.py)
     print(
         f"hpc-ppo: rank {env.rank} of {env.world_size} on {os.uname().nodename} (local rank"
         f" {env.local_rank} of {env.local_world_size}, {env.source}), rendezvous"

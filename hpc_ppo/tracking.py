@@ -31,7 +31,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from hpc_ppo.atomic import atomic_write_text
 from hpc_ppo.config import RESUMABLE_KEYS, TrackingConfig, flatten
 from hpc_ppo.metrics_file import records, repair_jsonl
-from hpc_ppo.mlflow_store import create_sqlite_store
+from hpc_ppo.mlflow_store import artifact_root, create_sqlite_store, sqlite_file
 from hpc_ppo.provenance import check_code_version
 
 log = logging.getLogger(__name__)
@@ -96,9 +96,8 @@ class Tracker:
     ) -> None:
         self.run_dir = Path(run_dir).absolute()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._default_uri = f"sqlite:///{self.run_dir / 'mlflow.db'}"
-        self.uri = uri or self._default_uri
-        self._artifacts = None if uri else (self.run_dir / "mlartifacts").as_uri()
+        self.uri = uri or f"sqlite:///{self.run_dir / 'mlflow.db'}"
+        self._artifacts = artifact_root(self.uri)  # new experiments' artifacts: by the store
         self.experiment, self.run_name = experiment, run_name
         # Reattach to the folder's own run even if the caller forgot to pass it.
         self._run_id = run_id or read_run_id(self.run_dir)
@@ -263,8 +262,8 @@ class Tracker:
     def _connect(self) -> None:
         from mlflow import MlflowClient
 
-        if self.uri == self._default_uri:
-            create_sqlite_store(self.run_dir / "mlflow.db")
+        if (db := sqlite_file(self.uri)) is not None:  # the run's own store, or a shared one
+            create_sqlite_store(db)
         client = MlflowClient(tracking_uri=self.uri)
         if self._run_id is None:
             exp = client.get_experiment_by_name(self.experiment)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hpc_ppo import console
 from hpc_ppo.advantages import compute_advantages
 from hpc_ppo.batch import MicroBatching, balance_groups, collate, plan_micro_batches
 from hpc_ppo.checkpoint import Checkpointer
@@ -34,8 +35,10 @@ from hpc_ppo.reward import resolve_rewards, score_samples
 from hpc_ppo.rollout.base import SamplingSpec
 from hpc_ppo.rollout.cycle import rollout
 from hpc_ppo.rollout.make import make_engine
+from hpc_ppo.run_tracking import mlflow_ui_hint, open_tracking
+from hpc_ppo.runlog import LOG_FILE
 from hpc_ppo.sampler import PromptSampler, shard_for_rank
-from hpc_ppo.tracking import MetricsSink, NullTracker, open_run_tracking, read_run_id
+from hpc_ppo.tracking import MetricsSink, NullTracker, read_run_id
 from hpc_ppo.update import Optimization
 from hpc_ppo.validation import Schedule, Validation
 
@@ -94,7 +97,7 @@ class Trainer:
             self.sampler.load_state_dict(resumed["sampler"])
         self.tracker: MetricsSink = NullTracker()
         if rank == 0:
-            self.tracker = open_run_tracking(run_dir, cfg.tracking, to_dict(cfg))
+            self.tracker = open_tracking(run_dir, cfg.tracking, to_dict(cfg))
             if resumed and resumed.get("last_metrics"):
                 # The last step's metrics ride in the checkpoint: a kill between the commit and
                 # the MLflow write cannot lose them (the tracker skips repeats).
@@ -105,42 +108,57 @@ class Trainer:
 
     def fit(self) -> bool:
         """Train to `trainer.total_steps`; returns False when a stop request ended it early."""
-        t = self.cfg.trainer
-        bar = _progress(self.rank, self.start_step, t.total_steps)
-        done = saved = self.start_step
+        steps = console.StepLog(self.start_step, self.cfg.trainer.total_steps, self.rank == 0)
+        if self.rank == 0:
+            self._start_block()
         try:
-            while done < t.total_steps and not self.stop.agreed():
-                if not self.validate(done):  # step `done`'s validation, before it trains
-                    break
-                metrics = self.train_step(done)
-                if metrics is None:  # stop requested mid-rollout: the step was abandoned
-                    break
-                done += 1
-                if done == t.total_steps or (t.save_every and done % t.save_every == 0):
-                    metrics["time/save"] = self.save(done, metrics, final=done == t.total_steps)
-                    saved = done
-                self.tracker.log_metrics(done - 1, metrics)
-                _warn_skipped_updates(self.rank, done - 1, metrics)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(
-                        reward=f"{metrics['reward/mean']:.3f}",
-                        len=f"{metrics['response/length_mean']:.1f}",
-                        s=f"{metrics['time/step']:.2f}",
-                    )
-            finished = done >= t.total_steps and self.validate(done)  # after the last step
-            self.checkpoints.finish_pending()
-            if not finished:
-                save_on_stop(self.stop, done, saved, lambda: self.save(done, None), self.rank)
+            with steps.active():
+                finished = self._loop(steps)
             self.tracker.close("FINISHED" if finished else "KILLED")
             return finished
         except BaseException:
             self.tracker.close("FAILED", timeout_s=10)
             raise
         finally:
-            if bar is not None:
-                bar.close()
             self.engine.close()
+
+    def _loop(self, steps: console.StepLog) -> bool:
+        t = self.cfg.trainer
+        done = saved = self.start_step
+        while done < t.total_steps and not self.stop.agreed():
+            if not self.validate(done):  # step `done`'s validation, before it trains
+                break
+            metrics = self.train_step(done)
+            if metrics is None:  # stop requested mid-rollout: the step was abandoned
+                break
+            done += 1
+            if done == t.total_steps or (t.save_every and done % t.save_every == 0):
+                metrics["time/save"] = self.save(done, metrics, final=done == t.total_steps)
+                saved = done
+            self.tracker.log_metrics(done - 1, metrics)
+            steps.step(done, metrics)
+            _warn_skipped_updates(self.rank, done - 1, metrics)
+        finished = done >= t.total_steps and self.validate(done)  # after the last step
+        self.checkpoints.finish_pending()
+        if not finished:
+            save_on_stop(self.stop, done, saved, lambda: self.save(done, None), self.rank)
+        return finished
+
+    def _start_block(self) -> None:
+        command, url = mlflow_ui_hint(self.tracker)
+        params = console.count_parameters(self.models.policy, self.models.critic)
+        console.start_block(
+            {
+                "world": console.world_line(self.world, self.device.type),
+                "model": f"{self.cfg.model.path} ({params})",
+                "versions": console.versions(),
+                "steps": f"{self.start_step} of {self.cfg.trainer.total_steps} done",
+                "run folder": str(self.run_dir),
+                "log file": str(self.run_dir / LOG_FILE),
+                "mlflow": command,
+                "mlflow run": url,
+            }
+        )
 
     def train_step(self, step: int) -> dict[str, float] | None:
         """One PPO step; None if a stop request arrived before the update (nothing changed)."""
@@ -254,13 +272,3 @@ def _warn_skipped_updates(rank: int, step: int, metrics: dict[str, float]) -> No
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 1009 + rank) % (2**31 - 1)
-
-
-def _progress(rank: int, start: int, total: int):
-    if rank != 0:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total, initial=start, desc="ppo", unit="step", dynamic_ncols=True, mininterval=1.0
-    )

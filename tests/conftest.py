@@ -6,6 +6,7 @@ tests/gpu/conftest.py and tests/slurm/conftest.py add what only those suites nee
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,3 +30,17 @@ def run_tiny(tmp_path: Path) -> Callable[..., Path]:
         return run_ok(TINY, f"trainer.output_dir={tmp_path}", *overrides, timeout=timeout)
 
     return _run
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Root logging as it was before the test (for tests that call runlog.setup_logging)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for h in list(root.handlers):
+        if h not in handlers:
+            root.removeHandler(h)
+            h.close()
+    root.setLevel(level)
+    logging.captureWarnings(False)

@@ -228,8 +228,15 @@ class TrainerConfig:
 
 @dataclass
 class TrackingConfig:
-    uri: str | None = _spec(None, doc="MLflow tracking URI (default: sqlite in the run dir)")
+    uri: str | None = _spec(
+        None,
+        doc="MLflow tracking URI (default: sqlite in the run dir); sqlite:////<shared>/mlflow.db:"
+        " one store for many runs",
+    )
     experiment: str = _spec("hpc-ppo", doc="MLflow experiment name")
+    tensorboard: bool = _spec(
+        False, doc="also write TensorBoard event files to <run dir>/tensorboard (needs tensorboard)"
+    )
 
 
 @dataclass

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 import typing
 import unicodedata
@@ -119,6 +120,11 @@ def _check_cross_fields(cfg: Config, errors: list[str], check_paths: bool) -> No
                 f"{section}.warmup_steps={oc.warmup_steps} and {section}.warmup_ratio="
                 f"{oc.warmup_ratio}: give the warmup one way; set the other to 0"
             )
+    if cfg.tracking.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        errors.append(
+            "tracking.tensorboard=true needs the tensorboard package, which is not installed: "
+            "pip install 'hpc-ppo[tensorboard]' (or set tracking.tensorboard=false)"
+        )
     if a.name == "grpo" and r.n < 2:
         errors.append(
             f"rollout.n={r.n}: GRPO needs at least 2 samples per prompt to normalise by group"

@@ -83,6 +83,17 @@ def test_grpo_needs_two_samples(tiny, errors_of):
     assert load_config(tiny, ["algo.name=grpo", "rollout.n=2"]).algo.name == "grpo"
 
 
+def test_tensorboard_without_its_package_names_the_extra(tiny, errors_of, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "tensorboard" else find_spec(name)
+    )
+    (line,) = errors_of(tiny, ["tracking.tensorboard=true"])
+    assert line.startswith("tracking.tensorboard=true") and "hpc-ppo[tensorboard]" in line
+
+
 def test_model_path_not_found(tmp_path, tiny, errors_of):
     missing = tmp_path / "no-such-model"
     lines = errors_of(tiny, [f"model.path={missing}"])

@@ -1,0 +1,76 @@
+"""Rank 0's tracking for one run: the MLflow tracker, what it records once, and where to look.
+
+    hpc-ppo run configs/tiny-cpu.yaml     # prints `mlflow ui ...` and the run's URL at start
+
+Beyond tracking.py's params and tags: the resolved config.yaml as an artifact (`config/`),
+`mlflow.source.git.commit` when the package runs from a git checkout (the UI's "Source"), a
+run URL that opens MLflow 3's classic pages (the run's metric charts), not the GenAI traces
+page, and TensorBoard event files when `tracking.tensorboard` is on.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from shlex import quote
+from typing import Any
+
+from hpc_ppo.config import TrackingConfig
+from hpc_ppo.provenance import PACKAGE_DIR, git_commit
+from hpc_ppo.tracking import MetricsSink, open_run_tracking
+
+log = logging.getLogger(__name__)
+UI_PORT = 5000  # mlflow ui's default
+EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3's UI reads it to pick the landing tab
+
+
+def open_tracking(run_dir: Path, tracking: TrackingConfig, config: dict[str, Any]) -> MetricsSink:
+    """`open_run_tracking`'s tracker plus the config artifact, the git commit tag and, with
+    `tracking.tensorboard`, the TensorBoard mirror."""
+    tracker = open_run_tracking(run_dir, tracking, config)
+    commit = git_commit()
+    if commit:  # what the UI's "Source" shows: the checkout, and the commit beside it
+        tracker.set_tags(
+            {
+                "mlflow.source.git.commit": commit,
+                "mlflow.source.name": str(PACKAGE_DIR.parent),
+                "mlflow.source.type": "LOCAL",
+            }
+        )
+    tracker.log_artifact(run_dir / "config.yaml", "config")
+    if tracking.tensorboard:
+        from hpc_ppo.tensorboard_sink import TensorBoardMirror, WithTensorBoard
+
+        return WithTensorBoard(tracker, TensorBoardMirror(run_dir))
+    return tracker
+
+
+def mlflow_ui_hint(tracker: MetricsSink, timeout_s: float = 15) -> tuple[str, str]:
+    """(the `mlflow ui` command for the run's store, the URL of the run's page there).
+
+    Waits up to `timeout_s` for the tracker's first contact with the store (the run id);
+    marks the experiment as classic ML if nobody chose a kind for it yet.
+    """
+    uri = getattr(tracker, "uri", None)  # a Tracker's; None on ranks other than 0
+    if uri is None:
+        return "", ""
+    served = uri.startswith(("http://", "https://"))  # a tracking server is its own UI
+    command = f"(served at {uri})" if served else f"mlflow ui --backend-store-uri {quote(uri)}"
+    base = uri.rstrip("/") if served else f"http://127.0.0.1:{UI_PORT}"
+    if not tracker.flush(timeout_s) or tracker.run_id is None:
+        return command, f"{base} (the run id is not known yet: MLflow did not answer)"
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        exp_id = client.get_run(tracker.run_id).info.experiment_id
+        if EXPERIMENT_KIND not in client.get_experiment(exp_id).tags:
+            client.set_experiment_tag(exp_id, EXPERIMENT_KIND, "custom_model_development")
+    except Exception as e:  # a hint, not a requirement
+        log.warning("MLflow run page unknown: %s", e)
+        return command, base
+    # MLflow 3.17's UI picks GenAI or classic ("Model training") pages from this query
+    # parameter (else from the browser's last choice, GenAI at first); earlier 3.x releases
+    # from the experiment's kind tag set above.
+    page = f"#/experiments/{exp_id}/runs/{tracker.run_id}/model-metrics"
+    return command, f"{base}/{page}?workflowType=machine_learning"
