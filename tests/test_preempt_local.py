@@ -8,8 +8,6 @@ history, MLflow), and a stop that arrives mid-rollout must end the job within on
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import signal
 import statistics
@@ -20,16 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO, TINY, final_weights, local_env, metrics, mlflow_runs
 
 from hpc_ppo import checkpoint as ckpt
 from hpc_ppo.config import load_config
-from hpc_ppo.export import load_run_weights
 from hpc_ppo.model import build_tokenizer, load_policy
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = str(REPO / "configs" / "tiny-cpu.yaml")
-# Run as on a workstation even inside a Slurm allocation (no requeue, launcher "local").
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
 STEPS = 8
 
 
@@ -42,7 +36,7 @@ class Launch:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "hpc_ppo.cli", *args],
                 cwd=REPO,
-                env=ENV,
+                env=local_env(),
                 stdout=f,
                 stderr=subprocess.STDOUT,
                 text=True,
@@ -67,10 +61,8 @@ class Launch:
 
 
 def rows(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+    """The metrics records so far of a run that may be writing."""
+    return metrics(run_dir, live=True)
 
 
 def history(run_dir: Path) -> dict[int, dict[str, float]]:
@@ -83,11 +75,6 @@ def history(run_dir: Path) -> dict[int, dict[str, float]]:
         assert not set(clean) & set(out.get(step, {})), f"step {step} logged twice: {clean}"
         out.setdefault(step, {}).update(clean)
     return out
-
-
-def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    """Policy and critic of the newest checkpoint, loaded with DCP into this process."""
-    return load_run_weights(run_dir)
 
 
 def stop_with(launch: Launch, run_dir: Path, sig: signal.Signals, after_rows: int) -> int:
@@ -105,13 +92,6 @@ def stop_with(launch: Launch, run_dir: Path, sig: signal.Signals, after_rows: in
     # the number of steps with metrics (a step cut short mid-rollout logs nothing).
     assert steps[-1] == len({r["step"] for r in rows(run_dir)}) < STEPS, (steps, log)
     return steps[-1]
-
-
-def mlflow_runs(run_dir: Path):
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir}/mlflow.db")
-    return client, client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
 @pytest.mark.slow
@@ -245,12 +225,12 @@ def test_a_signal_before_the_handlers_is_kept_until_they_exist():
 
     cmd = [sys.executable, "-c", LATE_INSTALL]
     with stop_signals_blocked():
-        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(cmd, env=local_env(), stdout=subprocess.PIPE, text=True)
     proc.send_signal(signal.SIGUSR2)
     out, _ = proc.communicate(timeout=60)
     assert (proc.returncode, out) == (0, "SIGUSR2\n")
     # The launchers' own mask is back: the same signal would kill an unprotected child.
-    bare = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, text=True)
+    bare = subprocess.Popen(cmd, env=local_env(), stdout=subprocess.PIPE, text=True)
     bare.send_signal(signal.SIGUSR2)
     assert bare.wait(timeout=60) == -signal.SIGUSR2
 

@@ -16,7 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from test_preempt_local import REPO, Launch, mlflow_runs, rows
+from helpers import REPO, mlflow_runs
+from test_preempt_local import Launch, rows
 
 from hpc_ppo.validation import pass_at_k
 

@@ -10,17 +10,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers import TINY
 
 from hpc_ppo.config import load_config
 from hpc_ppo.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def tiny() -> Path:
     """configs/tiny-cpu.yaml: the CPU demo, valid as it is."""
-    return ROOT / "configs" / "tiny-cpu.yaml"
+    return Path(TINY)
 
 
 @pytest.fixture

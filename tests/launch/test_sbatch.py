@@ -15,15 +15,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import CONFIGS, REPO, TINY
 
 from hpc_ppo.cli import main
 from hpc_ppo.config import load_config, validate
 from hpc_ppo.launch.sbatch import allocation_errors, render_sbatch
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = str(ROOT / "configs" / "tiny-cpu.yaml")
-QWEN7B = str(ROOT / "configs" / "qwen2-7b.yaml")
-TEMPLATE = ROOT / "sbatch" / "ppo-multinode.sbatch"
+QWEN7B = str(CONFIGS / "qwen2-7b.yaml")
+TEMPLATE = REPO / "sbatch" / "ppo-multinode.sbatch"
 
 # What srun runs in front of the rank where coreutils' env can block signals (hpc_ppo.preempt).
 HOLD = ["env", "--block-signal=USR2,TERM,INT"]
