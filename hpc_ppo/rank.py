@@ -107,6 +107,18 @@ def _after_stop(rank: int, run_dir: Path) -> None:
         print(f"hpc-ppo: stopped and saved; continue with: hpc-ppo run {run_dir}", flush=True)
 
 
+def _exit_now(code: int) -> None:
+    """Flush and leave without the interpreter's teardown. Every result is on disk by now
+    (checkpoint committed, tracker closed); the teardown only frees torch's C++ objects in an
+    undefined order, and a gloo group freed there once aborted a rank that had finished
+    (SIGABRT, "terminate called without an active exception", exit 134 instead of 3).
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
     stop = StopFlag().install()  # first: a stop signal from here on is recorded, never fatal
     if len(sys.argv) != 2:
@@ -115,4 +127,4 @@ if __name__ == "__main__":
         code = main(sys.argv[1], stop)
     finally:
         stop.retire()  # exiting: Python would restore the signals' default action (death)
-    sys.exit(code)
+    _exit_now(code)
