@@ -3,7 +3,7 @@
     hpc-ppo validate configs/tiny-cpu.yaml [key=value ...] [--launcher slurm]  # resolved config or errors
     hpc-ppo run configs/tiny-cpu.yaml [key=value ...]        # run the job here, without Slurm
     hpc-ppo submit configs/qwen2-7b.yaml [key=value ...] [--dry-run]   # one Slurm job (submitit)
-    hpc-ppo render-sbatch configs/qwen2-7b.yaml [key=value ...] [-o FILE]  # a plain sbatch script
+    hpc-ppo render-sbatch configs/qwen2-7b.yaml [key=value ...] [-o FILE]  # the same job, to sbatch yourself
     hpc-ppo status RUN_DIR_OR_JOB_ID                          # Slurm state, last step, checkpoint
 
 Exit codes: 0 success, 2 bad input (nothing was started), otherwise the failing rank's code;
@@ -166,6 +166,13 @@ def _load_for_slurm(args: argparse.Namespace, lenient_paths: str = "") -> Config
         return None
 
 
+def _command_line(args: argparse.Namespace) -> str:
+    """The hpc-ppo command of `args`, as a shell line (a rendered script's header names it)."""
+    import shlex
+
+    return f"hpc-ppo {args.command} {shlex.join([args.config, *args.overrides])}"
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from hpc_ppo.launch import submit
 
@@ -201,46 +208,82 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_render_sbatch(args: argparse.Namespace) -> int:
-    from hpc_ppo.launch.sbatch import render_sbatch
+    from hpc_ppo.launch.sbatch import render_sbatch, write_script
 
     cfg = _load_for_slurm(args, "checked again when the job starts")
     if cfg is None:
         return 2
-    text = render_sbatch(cfg, args.config, args.overrides)
+    try:
+        # The run folder and its config snapshot exist from now on, as after `submit`: the
+        # job runs this config.yaml whatever happens to the YAML file before or after sbatch.
+        run_dir = new_run_dir(cfg, args.config)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    text = render_sbatch(cfg, run_dir, _command_line(args))
+    kept = write_script(run_dir, text)
     if args.output in (None, "-"):
         sys.stdout.write(text)
-    else:
-        Path(args.output).write_text(text, encoding="utf-8")
-        Path(args.output).chmod(0o755)
-        print(f"wrote {args.output}; submit it with: sbatch {args.output}", file=sys.stderr)
-    if not Path(cfg.trainer.output_dir).is_dir():
-        print(
-            f"note: create {cfg.trainer.output_dir} before sbatch (Slurm does not create the log's folder)",
-            file=sys.stderr,
-        )
+        sys.stdout.flush()
+        print(f"run_dir: {run_dir} (a copy of this script: {kept})", file=sys.stderr)
+        return 0
+    Path(args.output).write_text(text, encoding="utf-8")
+    Path(args.output).chmod(0o755)
+    print(f"wrote {args.output}; submit it with: sbatch {args.output}", file=sys.stderr)
+    print(f"run_dir: {run_dir}", flush=True)
     return 0
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from hpc_ppo.launch.sbatch import allocation_errors, job_id_from_env, prepare_run_dir
-    from hpc_ppo.launch.status import record_job
+    from hpc_ppo.launch.sbatch import (
+        allocation_errors,
+        claim_run_dir,
+        job_id_from_env,
+        prepare_run_dir,
+    )
 
+    snapshot = args.run_dir is None
+    if snapshot:  # `prepare RUN_DIR`: the rendered scripts' form; the folder's config is the job's
+        run_dir = Path(args.config).resolve()
+        if args.overrides:
+            print(
+                f"error: {' '.join(args.overrides)}: a run folder's config cannot be overridden"
+                " by prepare (it is the snapshot taken at submission)",
+                file=sys.stderr,
+            )
+            return 2
+        if not (run_dir / "config.yaml").is_file():
+            print(
+                f"error: {run_dir}: not a run folder (no config.yaml); `hpc-ppo prepare CONFIG"
+                " [key=value ...] --run-dir RUN_DIR` creates one",
+                file=sys.stderr,
+            )
+            return 2
+        args.config = str(run_dir / "config.yaml")
     cfg = _load_for_slurm(args)
     if cfg is None:
         return 2
     errors = allocation_errors(cfg)
-    run_dir = Path(args.run_dir).resolve()
+    run_dir = run_dir if snapshot else Path(args.run_dir).resolve()
+    job_id = job_id_from_env()
+    existed = (run_dir / "config.yaml").is_file()
     try:
         if errors:
             raise ConfigError("\n".join(errors))
-        new = prepare_run_dir(cfg, run_dir)
+        kept = None if snapshot else prepare_run_dir(cfg, run_dir, job_id)
+        if job_id:
+            claim_run_dir(run_dir, job_id)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    job_id = job_id_from_env()
-    if job_id:
-        record_job(run_dir, job_id)
-    print(f"hpc-ppo: {'created' if new else 'resuming in'} {run_dir}", flush=True)
+    if kept:
+        print(f"warning: {kept}", file=sys.stderr, flush=True)
+    new = not snapshot and not existed
+    resumed = (run_dir / "metrics.jsonl").is_file() or (existed and not snapshot)
+    print(
+        f"hpc-ppo: {'resuming in' if resumed else 'created' if new else 'starting in'} {run_dir}",
+        flush=True,
+    )
     print(f"run_dir: {run_dir}", flush=True)
     return 0
 
@@ -311,12 +354,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(fn=cmd_export_hf)
     for name, fn, text in (
-        ("submit", cmd_submit, "submit the job to Slurm (submitit; one task per GPU)"),
-        ("render-sbatch", cmd_render_sbatch, "print a commented sbatch script for the config"),
-        ("prepare", cmd_prepare, "create or check a run folder (the batch step of render-sbatch)"),
+        (
+            "submit",
+            cmd_submit,
+            "create the run folder and submit its job to Slurm (submitit; one task per GPU)",
+        ),
+        ("render-sbatch", cmd_render_sbatch, "create the run folder and write its sbatch script"),
+        (
+            "prepare",
+            cmd_prepare,
+            "check a run folder in a job's batch shell (rendered scripts run it)",
+        ),
     ):
         p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("config", help="YAML config file")
+        p.add_argument(
+            "config",
+            help="YAML config file"
+            + (", or a run folder (what rendered scripts run)" if name == "prepare" else ""),
+        )
         p.add_argument(
             "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. actor.lr=1e-6"
         )
@@ -328,7 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
         elif name == "render-sbatch":
             p.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
         else:
-            p.add_argument("--run-dir", required=True, help="the run folder to create or check")
+            p.add_argument(
+                "--run-dir",
+                help="the run folder to create or check from CONFIG (hand-written scripts);"
+                " without it, CONFIG is a run folder whose config.yaml the job runs",
+            )
     p = sub.add_parser(
         "status",
         help="Slurm state, last step, checkpoint of a run or job",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -147,3 +148,14 @@ def gloo_rank() -> Iterator[None]:
         yield
     finally:
         dist.destroy_process_group()
+
+
+def sbatch_options(text: str) -> dict[str, str | bool]:
+    """The #SBATCH options of a batch script as sbatch reads them (it strips shell quotes)."""
+    out: dict[str, str | bool] = {}
+    for line in text.splitlines():
+        if line.startswith("#SBATCH "):
+            (token,) = shlex.split(line.removeprefix("#SBATCH "))  # exactly one argument
+            name, eq, value = token.removeprefix("--").partition("=")
+            out[name] = value if eq else True
+    return out

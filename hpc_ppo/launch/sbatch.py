@@ -1,16 +1,22 @@
-"""Slurm batch scripts for people who run `sbatch` themselves, and the run folder they use.
+"""Batch scripts for people who run `sbatch` themselves, and the run folder they run.
 
     hpc-ppo render-sbatch configs/qwen2-7b.yaml slurm.nodes=2 -o job.sbatch && sbatch job.sbatch
+    hpc-ppo submit configs/qwen2-7b.yaml slurm.nodes=2     # the same job through submitit
 
-The rendered script asks for `slurm.*` resources (one task per GPU), runs `slurm.setup`, then
-`hpc-ppo prepare` in the batch shell (validates, creates the run folder
-`<output_dir>/<name>-$SLURM_JOB_ID`: the same folder after a requeue) and
-`srun $HPC_PPO_HOLD python -u -m hpc_ppo.rank RUN_DIR`, the entry every rank runs (`task_command`).
+Both commands create the run folder `<output_dir>/<run_name>` (default: config stem +
+timestamp) holding config.yaml, the resolved config, before any job exists: that snapshot, not
+the YAML it came from, is what the job runs at its first start and after every requeue. Both
+log to `<run_dir>/slurm/<job id>_<task>_log.out`, appended across requeues; task 0's log also
+holds the batch shell's output. The rendered script asks for `slurm.*` resources (one task per
+GPU), runs `slurm.setup`, then `hpc-ppo prepare RUN_DIR` in the batch shell (checks the
+snapshot on the node, claims the folder for the job id) and `srun $HPC_PPO_HOLD python -u -m
+hpc_ppo.rank RUN_DIR`, the entry every rank runs (`task_command`); submitit's script for
+`submit` (hpc_ppo.launch.submit) runs the same srun line.
 
-Quoting: every config value and override that reaches a script is quoted with shlex.quote
-(sbatch strips those quotes from #SBATCH lines too), and values that go into #SBATCH lines may
-not contain a newline. `slurm.setup` lines are the exception by design: they are shell code
-(`module load cuda/12`), written as given.
+Quoting: every value that reaches a script is quoted with shlex.quote (sbatch strips those
+quotes from #SBATCH lines too), and values that go into #SBATCH lines may not contain a
+newline. `slurm.setup` lines are the exception by design: they are shell code (`module load
+cuda/12`), written as given. Config values other than slurm.* never reach the script at all.
 """
 
 from __future__ import annotations
@@ -19,10 +25,11 @@ import os
 import shlex
 import sys
 import sysconfig
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import hpc_ppo
+from hpc_ppo.atomic import atomic_write_text
 from hpc_ppo.config import (
     Config,
     flatten,
@@ -84,30 +91,33 @@ def _sbatch_line(option: str, value: str | bool | int = True) -> str:
     return f"#SBATCH --{option}={shlex.quote(str(value))}"
 
 
-def run_name(cfg: Config, config_path: str | Path) -> str:
-    """Run folder prefix of a rendered script: trainer.run_name, else the config file's stem."""
-    return cfg.trainer.run_name or Path(config_path).stem
+def log_folder(run_dir: Path) -> Path:
+    """Where a job's logs go: `<run_dir>/slurm`, one `<job id>_<task>_log.out` per task."""
+    return run_dir / "slurm"
 
 
-def render_sbatch(
-    cfg: Config, config_path: str | Path, overrides: Sequence[str], python: str | None = None
-) -> str:
-    """A commented batch script that runs `cfg` (loaded from `config_path` + `overrides`)."""
+def log_path(run_dir: Path, job_id: str, task: int = 0) -> Path:
+    """Task `task`'s log; task 0's also holds the batch shell's output (setup, prepare)."""
+    return log_folder(run_dir) / f"{job_id}_{task}_log.out"
+
+
+def render_sbatch(cfg: Config, run_dir: Path, command: str, python: str | None = None) -> str:
+    """A commented batch script that runs the run folder `run_dir` (absolute; it holds the
+    config snapshot config.yaml). `command` is the command line that made it, for the header."""
     s = cfg.slurm
-    name = run_name(cfg, config_path)
-    config = Path(config_path).resolve()
     python = python or sys.executable
     q = shlex.quote
-    log = f"{cfg.trainer.output_dir}/{name}-%j.out"
+    logs = log_folder(run_dir)
     lines = [
         "#!/bin/bash",
-        _comment(
-            f"hpc-ppo job rendered by: hpc-ppo render-sbatch {shlex.join([str(config_path), *overrides])}"
-        ),
+        _comment(f"hpc-ppo job rendered by: {command}"),
+        _comment(f"It runs the run folder {run_dir}: its config.yaml, written when this script"),
+        "# was rendered, is the job's config at every start (editing the YAML it came from changes",
+        "# nothing). One run per script: render again for another run.",
         "# Submit with `sbatch THIS_FILE`; options given to sbatch override the lines below.",
         "# One task per GPU (on CPU nodes: slurm.tasks_per_node); every task runs the rank entry",
         "# `python -m hpc_ppo.rank RUN_DIR`, which derives its rank and rendezvous from SLURM_*.",
-        _sbatch_line("job-name", s.job_name or name),
+        _sbatch_line("job-name", s.job_name or run_dir.name),
         _sbatch_line("nodes", s.nodes),
         _sbatch_line("ntasks-per-node", s.ntasks_per_node),
     ]
@@ -135,12 +145,10 @@ def render_sbatch(
         "# and requeue the job. SIGTERM is handled as a stop request too.",
         _sbatch_line("signal", f"USR2@{s.signal_lead_s}"),
         _sbatch_line("requeue" if s.requeue else "no-requeue"),
-        "# append: a requeued job continues its log instead of truncating it",
+        "# append: a requeued job continues its logs instead of truncating them",
         _sbatch_line("open-mode", "append"),
-        _comment(
-            f"Slurm does not create folders: {cfg.trainer.output_dir} must exist when the job starts"
-        ),
-        _sbatch_line("output", log),
+        "# the batch shell's output; srun below writes one log per task beside it",
+        _sbatch_line("output", f"{logs}/%j_0_log.out"),
     ]
     if s.extra_sbatch:
         lines.append("# slurm.extra_sbatch")
@@ -150,35 +158,43 @@ def render_sbatch(
     lines += [
         "",
         "set -euo pipefail",
-        f"PYTHON={q(python)}  # the interpreter render-sbatch ran under",
-        f"CONFIG={q(str(config))}",
-        f"OUTPUT_DIR={q(cfg.trainer.output_dir)}  # a relative one is under the folder sbatch ran in",
-        "# One run folder per job id: after a requeue (same SLURM_JOB_ID) the job finds its",
-        "# checkpoints and MLflow run there again.",
-        f'RUN_DIR="$OUTPUT_DIR"/{q(name)}-"$SLURM_JOB_ID"',
+        f"PYTHON={q(python)}  # the interpreter that rendered this script",
+        f"RUN_DIR={q(str(run_dir))}",
         "",
-        "# Batch shell, once per start: validate the config and create RUN_DIR/config.yaml. After",
-        "# a requeue the folder holds the same config and this does nothing; a changed config is",
-        "# an error (start a new job for a new experiment).",
-        " ".join(
-            [
-                '"$PYTHON" -m hpc_ppo.cli prepare "$CONFIG"',
-                *(q(o) for o in overrides),
-                '--run-dir "$RUN_DIR"',
-            ]
-        ),
+        "# Batch shell, once per start: check the snapshot against the tasks Slurm gave and the",
+        "# paths this node sees, and claim the folder for this job id (after a requeue: the same",
+        "# id, the same folder, the newest checkpoint and the same MLflow run).",
+        '"$PYTHON" -m hpc_ppo.cli prepare "$RUN_DIR"',
         "",
-        "# One rank per task. --kill-on-bad-exit: a failing rank ends the step instead of leaving",
-        "# the others blocked in a collective.",
-        "srun --kill-on-bad-exit=1 " + task_command('"$PYTHON"', '"$RUN_DIR"'),
+        "# One rank per task, one log per task. --kill-on-bad-exit: a failing rank ends the step",
+        "# instead of leaving the others blocked in a collective.",
+        "srun --unbuffered --open-mode=append"
+        ' --output="$RUN_DIR"/slurm/%j_%t_log.out --kill-on-bad-exit=1 '
+        + task_command('"$PYTHON"', '"$RUN_DIR"'),
         "",
     ]
     return "\n".join(lines)
 
 
-def prepare_run_dir(cfg: Config, run_dir: Path) -> bool:
-    """Create `run_dir` with config.yaml; True if it was new, False if it already held `cfg`
-    (a requeued job). Raises ConfigError if it holds another config or is not a run folder."""
+def write_script(run_dir: Path, text: str) -> Path:
+    """`<run_dir>/slurm/job.sbatch`, and the log folder Slurm needs before the job starts
+    (it creates no folders)."""
+    log_folder(run_dir).mkdir(parents=True, exist_ok=True)
+    script = log_folder(run_dir) / "job.sbatch"
+    atomic_write_text(script, text)
+    script.chmod(0o755)
+    return script
+
+
+def prepare_run_dir(cfg: Config, run_dir: Path, job_id: str | None = None) -> str | None:
+    """Create `run_dir` with config.yaml for the hand-written template's `prepare CONFIG
+    --run-dir RUN_DIR`, which reads CONFIG at every start. Returns None if the folder is new or
+    already held `cfg`; if it holds another config written by this same job (`job_id`: a
+    requeue after the YAML was edited), the job keeps its snapshot and the returned warning
+    says what changed. ConfigError for another job's config or a folder that is no run's.
+    """
+    from hpc_ppo.launch.status import read_job_id
+
     saved = run_dir / "config.yaml"
     if saved.is_file():
         try:  # through the loader, so keys added since with their defaults compare equal
@@ -188,21 +204,61 @@ def prepare_run_dir(cfg: Config, run_dir: Path) -> bool:
                 f"{saved}: unreadable saved config ({e})".replace("\n", "; ")
             ) from None
         new = to_dict(cfg)
-        if old != new:
-            a, b = flatten(old), flatten(new)
-            changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-            shown = ", ".join(f"{k}: {a.get(k)} -> {b.get(k)}" for k in changed[:5])
-            raise ConfigError(
-                f"{run_dir} already holds a run with another config ({shown}"
-                f"{', ...' if len(changed) > 5 else ''}); a requeued job must keep its config:"
-                " submit a new job for a new experiment"
+        if old == new:
+            return None
+        a, b = flatten(old), flatten(new)
+        changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        shown = ", ".join(f"{k}: {a.get(k)} -> {b.get(k)}" for k in changed[:5])
+        shown += ", ..." if len(changed) > 5 else ""
+        if job_id is not None and read_job_id(run_dir) == job_id:
+            return (
+                f"the config differs from the one job {job_id} started with ({shown}); the job"
+                f" keeps running its snapshot {saved}: submit a new job to run the edit"
             )
-        return False
+        raise ConfigError(
+            f"{run_dir} already holds a run with another config ({shown}); a requeued job must"
+            " keep its config: submit a new job for a new experiment"
+        )
     if run_dir.is_dir() and any(run_dir.iterdir()):
         raise ConfigError(f"{run_dir} exists and is not a run folder (no config.yaml)")
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, saved)
-    return True
+    return None
+
+
+# Slurm states of a job that has ended (scontrol keeps one MinJobAge seconds, then forgets it).
+ENDED_STATES = frozenset(
+    {
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "PREEMPTED",
+    }
+)
+
+
+def claim_run_dir(run_dir: Path, job_id: str) -> None:
+    """Record that job `job_id` runs `run_dir`. The folder's earlier job must have ended (then
+    this job resumes the run); ConfigError while it is still queued or running, since the same
+    script submitted twice would otherwise train two jobs in one folder."""
+    from hpc_ppo.launch.status import read_job_id, record_job, scontrol_job
+
+    owner = read_job_id(run_dir)
+    if owner not in (None, job_id):
+        info = scontrol_job(owner)
+        state = (info or {}).get("JobState", "")
+        if info is not None and state not in ENDED_STATES:
+            raise ConfigError(
+                f"{run_dir} is the run folder of job {owner}, which is {state or 'not ended'}:"
+                " a rendered script is one run; for another run render a new script"
+                " (`hpc-ppo render-sbatch CONFIG -o FILE`)"
+            )
+    record_job(run_dir, job_id)
 
 
 def job_id_from_env(environ: Mapping[str, str] | None = None) -> str | None:

@@ -7,7 +7,7 @@ Reports the Slurm state (`scontrol show job`, then `sacct` once slurmctld has fo
 both may be missing), the restart count, the last logged step with its main metrics
 (metrics.jsonl), the newest complete checkpoint and the MLflow run id.
 
-Job id -> run folder: `hpc-ppo submit` and `hpc-ppo prepare` write `<run_dir>/slurm/job_id` and
+Job id -> run folder: `hpc-ppo submit` and the job's `hpc-ppo prepare` write `<run_dir>/slurm/job_id` and
 an index entry `<output_dir>/.jobs/<job_id>` holding the run folder's path. Without the index
 (another output_dir), the job's StdOut path from scontrol leads to the folder.
 """
@@ -101,10 +101,9 @@ def find_run_dir(
                 return run_dir
     stdout = Path(info.get("StdOut", "")) if info and info.get("StdOut") else None
     if stdout is not None:
-        # submit: <run_dir>/slurm/<id>_0_log.out; render-sbatch: <output_dir>/<name>-<id>.out
-        for run_dir in (stdout.parent.parent, stdout.with_suffix("")):
-            if (run_dir / "config.yaml").is_file() and read_job_id(run_dir) == job_id:
-                return run_dir
+        run_dir = stdout.parent.parent  # <run_dir>/slurm/<id>_0_log.out (launch.sbatch)
+        if (run_dir / "config.yaml").is_file() and read_job_id(run_dir) == job_id:
+            return run_dir
     return None
 
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import CONFIGS, REPO, TINY
+from helpers import CONFIGS, REPO, TINY, sbatch_options, write_executable
 
 from hpc_ppo.cli import main
 from hpc_ppo.config import load_config, validate
@@ -60,17 +60,6 @@ def run_script(script: Path, cwd: Path, bin_dir: Path, *args: str) -> subprocess
     )
 
 
-def sbatch_options(text: str) -> dict[str, str | bool]:
-    """The #SBATCH options as sbatch reads them (it strips shell-style quotes)."""
-    out: dict[str, str | bool] = {}
-    for line in text.splitlines():
-        if line.startswith("#SBATCH "):
-            (token,) = shlex.split(line.removeprefix("#SBATCH "))  # exactly one argument
-            name, eq, value = token.removeprefix("--").partition("=")
-            out[name] = value if eq else True
-    return out
-
-
 # ---------------------------------------------------------------- rendering
 
 
@@ -80,10 +69,11 @@ def test_render_for_eight_gpus_per_node():
         ["slurm.nodes=2", "slurm.partition=gpu", "slurm.setup=[module load cuda/12.8]"],
         check_paths=False,
     )
-    text = render_sbatch(cfg, QWEN7B, ["slurm.nodes=2"], python="/venv/bin/python")
+    run_dir = Path("/runs/qwen2-7b-20261130-101500")
+    text = render_sbatch(cfg, run_dir, "hpc-ppo render-sbatch x.yaml", python="/venv/bin/python")
     opts = sbatch_options(text)
     assert opts == {
-        "job-name": "qwen2-7b",
+        "job-name": "qwen2-7b-20261130-101500",
         "nodes": "2",
         "ntasks-per-node": "8",
         "gpus-per-node": "8",
@@ -94,15 +84,19 @@ def test_render_for_eight_gpus_per_node():
         "signal": "USR2@600",
         "requeue": True,
         "open-mode": "append",
-        "output": "runs/qwen2-7b-%j.out",
+        "output": f"{run_dir}/slurm/%j_0_log.out",
     }
     lines = text.splitlines()
     assert "module load cuda/12.8" in lines
     assert lines.index("module load cuda/12.8") < lines.index("set -euo pipefail")
+    assert f"RUN_DIR={run_dir}" in lines
     assert (
-        'srun --kill-on-bad-exit=1 $HPC_PPO_HOLD "$PYTHON" -u -m hpc_ppo.rank "$RUN_DIR"' in lines
+        'srun --unbuffered --open-mode=append --output="$RUN_DIR"/slurm/%j_%t_log.out'
+        ' --kill-on-bad-exit=1 $HPC_PPO_HOLD "$PYTHON" -u -m hpc_ppo.rank "$RUN_DIR"' in lines
     )
-    assert '"$PYTHON" -m hpc_ppo.cli prepare "$CONFIG" slurm.nodes=2 --run-dir "$RUN_DIR"' in lines
+    # the job runs the run folder's snapshot; the YAML it came from is not named anywhere
+    assert '"$PYTHON" -m hpc_ppo.cli prepare "$RUN_DIR"' in lines
+    assert "CONFIG=" not in text
     # every #SBATCH line precedes the first command (sbatch stops reading at it)
     first_command = next(i for i, x in enumerate(lines) if x and not x.startswith("#"))
     assert max(i for i, x in enumerate(lines) if x.startswith("#SBATCH")) < first_command
@@ -111,18 +105,86 @@ def test_render_for_eight_gpus_per_node():
 
 def test_render_one_gpu_per_task_and_no_requeue():
     cfg = load_config(QWEN7B, ["slurm.gpu_binding=task", "slurm.requeue=false"], check_paths=False)
-    opts = sbatch_options(render_sbatch(cfg, QWEN7B, []))
+    opts = sbatch_options(render_sbatch(cfg, Path("/r"), "hpc-ppo render-sbatch x.yaml"))
     assert opts["gpus-per-task"] == "1" and "gpus-per-node" not in opts
     assert opts["no-requeue"] is True and "requeue" not in opts
 
 
-def test_cli_render_sbatch_to_a_file(tmp_path, capsys):
+def test_cli_render_sbatch_creates_the_run_folder_with_the_snapshot(tmp_path, capsys):
+    """The same run folder as `submit`: named by time, config.yaml written now, logs inside."""
     out = tmp_path / "job.sbatch"
-    code = main(["render-sbatch", QWEN7B, f"trainer.output_dir={tmp_path}", "-o", str(out)])
+    code = main(["render-sbatch", QWEN7B, f"trainer.output_dir={tmp_path}/o", "-o", str(out)])
     assert code == 0
-    assert "warning: model.path=/path/to/Qwen2-7B-Instruct" in capsys.readouterr().err
+    stdout, err = capsys.readouterr()
+    assert "warning: model.path=/path/to/Qwen2-7B-Instruct" in err
+    run_dir = Path(stdout.splitlines()[-1].removeprefix("run_dir: "))
+    assert run_dir.parent == tmp_path / "o" and run_dir.name.startswith("qwen2-7b-20")
+    assert load_config(run_dir / "config.yaml", check_paths=False).trainer.output_dir == str(
+        tmp_path / "o"
+    )
     assert os.access(out, os.X_OK)
-    assert sbatch_options(out.read_text())["output"] == f"{tmp_path}/qwen2-7b-%j.out"
+    assert (run_dir / "slurm" / "job.sbatch").read_text() == out.read_text()
+    assert sbatch_options(out.read_text())["output"] == f"{run_dir}/slurm/%j_0_log.out"
+    assert f"hpc-ppo render-sbatch {QWEN7B} trainer.output_dir={tmp_path}/o" in out.read_text()
+
+
+def test_cli_render_sbatch_refuses_an_existing_run_name(tmp_path, capsys):
+    args = ["render-sbatch", TINY, f"trainer.output_dir={tmp_path}", "trainer.run_name=r"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    assert f"run folder {tmp_path / 'r'} already exists" in capsys.readouterr().err
+
+
+def test_the_job_runs_the_snapshot_not_the_edited_yaml(tmp_path, monkeypatch, capsys):
+    """Issue 10: a YAML edited after render-sbatch (before the job starts, or before a requeue)
+    changes nothing; the batch step reads RUN_DIR/config.yaml only."""
+    config = tmp_path / "exp.yaml"
+    config.write_text(Path(TINY).read_text())
+    assert main(["render-sbatch", str(config), f"trainer.output_dir={tmp_path}", "-o", "-"]) == 0
+    run_dir = Path(capsys.readouterr().err.split("run_dir: ")[1].split(" ")[0])
+    config.write_text(Path(TINY).read_text().replace("total_steps: 50", "total_steps: 7"))
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.delenv("SLURM_NTASKS", raising=False)
+    for _start in range(2):  # first start, then a requeue
+        assert main(["prepare", str(run_dir)]) == 0, capsys.readouterr().err
+        assert load_config(run_dir / "config.yaml").trainer.total_steps == 50
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        f"hpc-ppo: starting in {run_dir}",
+        f"run_dir: {run_dir}",
+    ]
+    assert (run_dir / "slurm" / "job_id").read_text() == "77\n"
+    assert (tmp_path / ".jobs" / "77").read_text() == f"{run_dir}\n"
+
+
+def test_prepare_of_a_run_folder_takes_no_overrides_and_needs_config_yaml(tmp_path, capsys):
+    assert main(["prepare", str(tmp_path), "trainer.total_steps=3"]) == 2
+    assert "cannot be overridden" in capsys.readouterr().err
+    assert main(["prepare", str(tmp_path)]) == 2
+    assert "not a run folder (no config.yaml)" in capsys.readouterr().err
+
+
+def test_a_second_job_may_not_take_a_running_jobs_folder(tmp_path, monkeypatch, capsys):
+    """The same script submitted twice: the second job stops before training while the first
+    is queued or running (scontrol, the boundary, is faked); after it ended, it resumes."""
+    assert main(["render-sbatch", TINY, f"trainer.output_dir={tmp_path}", "-o", "-"]) == 0
+    run_dir = Path(capsys.readouterr().err.split("run_dir: ")[1].split(" ")[0])
+    monkeypatch.delenv("SLURM_NTASKS", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "10")
+    assert main(["prepare", str(run_dir)]) == 0
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    state = tmp_path / "state"
+    write_executable(bin_dir / "scontrol", f'#!/bin/sh\necho "JobId=10 JobState=$(cat {state})"\n')
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "11")
+    state.write_text("RUNNING")
+    assert main(["prepare", str(run_dir)]) == 2
+    assert "is the run folder of job 10, which is RUNNING" in capsys.readouterr().err
+    assert (run_dir / "slurm" / "job_id").read_text() == "10\n"
+    state.write_text("TIMEOUT")
+    assert main(["prepare", str(run_dir)]) == 0
+    assert (run_dir / "slurm" / "job_id").read_text() == "11\n"
 
 
 # ---------------------------------------------------------------- quoting
@@ -137,25 +199,30 @@ HOSTILE = [
 ]
 
 
-def test_no_config_value_runs_as_shell_code(sandbox):
+def test_no_config_value_runs_as_shell_code(sandbox, capsys):
     tmp, bin_dir, calls = sandbox
     out_dir = f"{tmp}/out dir $(touch pwned10)"
     overrides = [*HOSTILE, f"trainer.output_dir={out_dir}"]
-    cfg = load_config(TINY, overrides)
+    assert main(["render-sbatch", TINY, *overrides, "-o", str(tmp / "job.sbatch")]) == 0
+    run_dir = f"{out_dir}/r;$(touch pwned5)'q'"
+    assert capsys.readouterr().out.splitlines()[-1] == f"run_dir: {run_dir}"
+    cfg = load_config(f"{run_dir}/config.yaml")
     assert cfg.tracking.experiment.startswith("x $(touch pwned1)")
     script = tmp / "job.sbatch"
-    script.write_text(render_sbatch(cfg, TINY, overrides, python=str(bin_dir / "python")))
+    text = render_sbatch(cfg, Path(run_dir), shlex.join(overrides), python=str(bin_dir / "python"))
+    script.write_text(text)
 
     subprocess.run(["bash", "-n", str(script)], check=True)
     proc = run_script(script, tmp, bin_dir)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in tmp.rglob("pwned*")) == []
-    run_dir = f"{out_dir}/r;$(touch pwned5)'q'-123"
     assert calls() == [
-        # the overrides arrive byte for byte, newline included
-        ["python", "-m", "hpc_ppo.cli", "prepare", TINY, *overrides, "--run-dir", run_dir],
+        ["python", "-m", "hpc_ppo.cli", "prepare", run_dir],
         [
             "srun",
+            "--unbuffered",
+            "--open-mode=append",
+            f"--output={run_dir}/slurm/%j_%t_log.out",
             "--kill-on-bad-exit=1",
             *HOLD,
             str(bin_dir / "python"),
@@ -169,7 +236,7 @@ def test_no_config_value_runs_as_shell_code(sandbox):
     assert opts["job-name"] == "`touch pwned6` && touch pwned7"
     assert opts["comment"] == "$(touch pwned8)"
     assert opts["constraint"] == "a|b&touch pwned9"
-    assert opts["output"] == f"{out_dir}/r;$(touch pwned5)'q'-%j.out"
+    assert opts["output"] == f"{run_dir}/slurm/%j_0_log.out"
 
 
 @pytest.mark.parametrize(
@@ -197,7 +264,11 @@ def test_a_newline_in_the_run_name_is_refused(capsys):
 # ---------------------------------------------------------------- prepare
 
 
-def test_prepare_creates_then_resumes_then_refuses_another_config(tmp_path, monkeypatch, capsys):
+def test_prepare_creates_resumes_and_keeps_its_snapshot_after_an_edit(
+    tmp_path, monkeypatch, capsys
+):
+    """The template's `prepare CONFIG --run-dir` reads the YAML at every start: after an edit a
+    requeued job (same job id) keeps the config it started with; another job is refused."""
     monkeypatch.setenv("SLURM_JOB_ID", "555")
     monkeypatch.delenv("SLURM_NTASKS", raising=False)
     run_dir = tmp_path / "out" / "tiny-555"
@@ -213,10 +284,17 @@ def test_prepare_creates_then_resumes_then_refuses_another_config(tmp_path, monk
     (run_dir / "metrics.jsonl").write_text("")  # the job ran a while, then was requeued
     assert main(args) == 0
     assert f"hpc-ppo: resuming in {run_dir}" in capsys.readouterr().out
-    assert main(["prepare", TINY, "trainer.total_steps=4", "--run-dir", str(run_dir)]) == 2
+    edited = ["prepare", TINY, "trainer.total_steps=4", "--run-dir", str(run_dir)]
+    assert main(edited) == 0  # the requeue after an edit: runs on, on its snapshot
+    out, err = capsys.readouterr()
+    assert f"hpc-ppo: resuming in {run_dir}" in out
+    assert "differs from the one job 555 started with (trainer.total_steps: 3 -> 4)" in err
+    assert load_config(run_dir / "config.yaml").trainer.total_steps == 3
+    monkeypatch.setenv("SLURM_JOB_ID", "556")  # another job aimed at the same folder
+    assert main(edited) == 2
     err = capsys.readouterr().err
     assert "already holds a run with another config (trainer.total_steps: 3 -> 4)" in err
-    assert load_config(run_dir / "config.yaml").trainer.total_steps == 3
+    assert (run_dir / "slurm" / "job_id").read_text() == "555\n"
 
 
 def test_prepare_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):

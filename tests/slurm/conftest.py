@@ -25,23 +25,14 @@ from pathlib import Path
 
 import pytest
 
+from hpc_ppo.launch.sbatch import ENDED_STATES
 from hpc_ppo.rank_env import LAUNCHER_VARS
 
 SCRIPT = Path(__file__).resolve().parent / "local_slurm.sh"
 REPO = Path(__file__).resolve().parents[2]
 NODES = 2
-TERMINAL = frozenset(
-    {
-        "COMPLETED",
-        "FAILED",
-        "CANCELLED",
-        "TIMEOUT",
-        "NODE_FAIL",
-        "OUT_OF_MEMORY",
-        "BOOT_FAIL",
-        "DEADLINE",
-    }
-)
+# States a test waits for; PREEMPTED is left out, since a requeued job passes through it.
+TERMINAL = ENDED_STATES - {"PREEMPTED"}
 # Variables of an enclosing job or launcher that must not leak into test jobs: srun attaches to
 # the allocation named by SLURM_JOB_ID, and resolve_rank_env prefers RANK/WORLD_SIZE/MASTER_*.
 _LEAKY = LAUNCHER_VARS

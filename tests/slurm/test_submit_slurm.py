@@ -119,8 +119,7 @@ def test_submit_to_a_missing_partition_names_the_key_and_leaves_no_run(slurm_clu
 
 
 def test_rendered_script_runs_under_plain_sbatch(slurm_cluster, tmp_path):
-    out = tmp_path / "runs"
-    out.mkdir()  # Slurm does not create the log's folder
+    out = tmp_path / "runs"  # render-sbatch creates it, with the run folder
     hostile = f"tracking.experiment=e $(touch {tmp_path}/pwned); touch {tmp_path}/pwned2"
     script = tmp_path / "job.sbatch"
     proc = hpc_ppo(
@@ -135,11 +134,12 @@ def test_rendered_script_runs_under_plain_sbatch(slurm_cluster, tmp_path):
         str(script),
     )
     assert proc.returncode == 0, proc.stderr
+    run_dir = Path(field(proc.stdout, "run_dir"))
     job_id = slurm_cluster.sbatch(str(script))
     state = slurm_cluster.wait_job(job_id, timeout=JOB_TIMEOUT_S)
-    log = out / f"tiny-cpu-{job_id}.out"
+    log = run_dir / "slurm" / f"{job_id}_0_log.out"  # the layout of `submit`
     assert state == "COMPLETED", log.read_text()
-    run_dir = out / f"tiny-cpu-{job_id}"
+    assert "hpc-ppo: rank 1 of 2 on n2" in (run_dir / "slurm" / f"{job_id}_1_log.out").read_text()
     assert logged_steps(run_dir) == [0, 1, 2]
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "pwned2").exists()
     assert mlflow_runs(run_dir)[0].info.status == "FINISHED"
@@ -177,3 +177,47 @@ def test_submitted_job_stops_on_usr2_requeues_and_resumes(slurm_cluster, tmp_pat
     st = hpc_ppo(slurm_cluster, "status", job_id, "--output-dir", str(tmp_path / "runs"))
     assert field(st.stdout, "restarts") == "1"
     assert field(st.stdout, "last_step").startswith("7 (8 of 8 steps logged)")
+
+
+@pytest.mark.parametrize("launch", ["render-sbatch", "submit"])
+def test_yaml_edited_before_a_requeue_changes_nothing(slurm_cluster, tmp_path, launch):
+    """Issue 10: both paths run the config snapshot taken at submission. The YAML is edited
+    while the job runs (total_steps 6 -> 2, a key a resume refuses), then `scontrol requeue`:
+    the job resumes with total_steps=6 and completes, one MLflow run."""
+    config = tmp_path / "exp.yaml"
+    config.write_text(Path(TINY).read_text())
+    out = tmp_path / "runs"
+    args = [str(config), "slurm.nodes=2", "trainer.total_steps=6", f"trainer.output_dir={out}"]
+    if launch == "render-sbatch":
+        proc = hpc_ppo(slurm_cluster, "render-sbatch", *args, "-o", str(tmp_path / "job.sbatch"))
+        assert proc.returncode == 0, proc.stderr
+        job_id = str(slurm_cluster.sbatch(str(tmp_path / "job.sbatch")))
+    else:
+        proc = hpc_ppo(slurm_cluster, "submit", *args)
+        assert proc.returncode == 0, proc.stderr
+        job_id = field(proc.stdout, "job_id")
+    run_dir = Path(field(proc.stdout, "run_dir"))
+    assert run_dir.parent == out and run_dir.name.startswith("exp-20")  # one naming for both
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not (run_dir / "metrics.jsonl").is_file() or not logged_steps(run_dir):
+        assert time.monotonic() < deadline, "no step logged"
+        time.sleep(0.2)
+    config.write_text(
+        Path(TINY)
+        .read_text()
+        .replace("total_steps: 50", "total_steps: 2")
+        .replace("lr: 1.0e-3", "lr: 0.5")
+    )
+    slurm_cluster.run(["scontrol", "requeue", job_id])
+    state = slurm_cluster.wait_job(int(job_id), timeout=JOB_TIMEOUT_S)
+    log0 = (run_dir / "slurm" / f"{job_id}_0_log.out").read_text()
+    assert state == "COMPLETED", log0
+    assert slurm_cluster.job_info(int(job_id))["Restarts"] == "1"
+    assert log0.count("hpc-ppo: rank 0 of 2 on n1") == 2  # both starts, one appended log
+    assert logged_steps(run_dir) == list(range(6))  # the submitted total_steps, each step once
+    from hpc_ppo.config import load_config
+
+    saved = load_config(run_dir / "config.yaml")
+    assert (saved.trainer.total_steps, saved.actor.lr) == (6, 1.0e-3)
+    runs = mlflow_runs(run_dir)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
