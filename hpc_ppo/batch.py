@@ -9,8 +9,9 @@ skip the left padding so a row's numbers do not depend on its neighbours.
 Micro-batches: every rank must run the same number of forward/backward passes (FSDP2
 all-gathers inside each), so the ranks agree on the largest count any of them needs and each
 splits its rows into exactly that many. With a token budget, rows are sorted by length and cut
-into contiguous groups with the smallest possible largest padded size (rows x widest row);
-each is trimmed to its own widths before the forward.
+into contiguous groups with the smallest possible largest size: real tokens when micro-batches
+are padding-free (`trainer.padding_free`, packed sequences: packing.py), else the padded size
+(rows x widest row). Each is trimmed to its own widths before the forward.
 
 Balancing (`trainer.balance_tokens`): whole prompt groups move between ranks so every rank
 trains on a similar number of tokens (the slowest rank sets the pace of every collective).
@@ -28,6 +29,7 @@ from torch import nn
 
 from hpc_ppo import dist as hdist
 from hpc_ppo.algo.losses import entropy_from_logits, logprobs_from_logits
+from hpc_ppo.packing import Packed, pack
 from hpc_ppo.rollout.base import Sample
 
 FULL_WIDTH_KEYS = ("input_ids", "attention_mask", "position_ids")
@@ -35,10 +37,12 @@ FULL_WIDTH_KEYS = ("input_ids", "attention_mask", "position_ids")
 
 @dataclass
 class RolloutBatch:
-    """Per-row tensors with a shared leading dimension; `prompt_width` is P."""
+    """Per-row tensors with a shared leading dimension; `prompt_width` is P. A padding-free
+    micro-batch also holds its rows' real tokens as one packed sequence (`packed`)."""
 
     prompt_width: int
     t: dict[str, torch.Tensor] = field(default_factory=dict)
+    packed: Packed | None = None
 
     def __len__(self) -> int:
         return self.t["input_ids"].shape[0]
@@ -62,10 +66,25 @@ class RolloutBatch:
 @dataclass(frozen=True)
 class MicroBatching:
     """How a batch is cut for forward/backward passes (`trainer.micro_batch_size`,
-    `trainer.max_tokens_per_micro_batch`)."""
+    `trainer.max_tokens_per_micro_batch`, `trainer.padding_free`)."""
 
     max_rows: int
     max_tokens: int | None = None
+    padding_free: bool = False
+
+
+@dataclass(frozen=True)
+class MicroPlan:
+    """Row indices of each micro-batch, and whether they run as packed sequences."""
+
+    rows: list[torch.Tensor]
+    packed: bool = False
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 # ---------------------------------------------------------------- samples -> padded tensors
@@ -148,50 +167,57 @@ def row_lengths(batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
     return prompt, batch["response_mask"].cpu().sum(-1).long()
 
 
-def plan_micro_batches(batch: RolloutBatch, spec: MicroBatching) -> list[torch.Tensor]:
+def plan_micro_batches(batch: RolloutBatch, spec: MicroBatching) -> MicroPlan:
     """Row indices of each micro-batch; the same number of micro-batches on every rank."""
     n = len(batch)
     if spec.max_tokens is None:
         k = int(hdist.all_reduce([math.ceil(n / spec.max_rows)], "max")[0])
         k = min(k, n)
         edges = [round(i * n / k) for i in range(k + 1)]
-        return [torch.arange(edges[i], edges[i + 1]) for i in range(k)]
+        return MicroPlan(
+            [torch.arange(edges[i], edges[i + 1]) for i in range(k)], spec.padding_free
+        )
     prompt, resp = row_lengths(batch)
     order = sorted(range(n), key=lambda i: (-int(prompt[i] + resp[i]), i))
     p, r = [int(prompt[i]) for i in order], [int(resp[i]) for i in order]
-    k = len(_pack(p, r, spec.max_tokens, spec.max_rows))
+    k = len(_group(p, r, spec.max_tokens, spec.max_rows, spec.padding_free))
     k = min(int(hdist.all_reduce([k], "max")[0]), n)
-    groups = split_exactly(p, r, k, spec.max_rows)
-    return [torch.tensor([order[j] for j in g]) for g in groups]
+    groups = split_exactly(p, r, k, spec.max_rows, spec.padding_free)
+    return MicroPlan([torch.tensor([order[j] for j in g]) for g in groups], spec.padding_free)
 
 
-def _cost(p: list[int], r: list[int], lo: int, hi: int) -> int:
+def _cost(p: list[int], r: list[int], lo: int, hi: int, real: bool) -> int:
+    """Tokens a forward over rows [lo, hi) computes: real ones packed, else rows x widest."""
+    if real:
+        return sum(p[lo:hi]) + sum(r[lo:hi])
     return (hi - lo) * (max(p[lo:hi]) + max(r[lo:hi]))
 
 
-def _pack(p: list[int], r: list[int], cap: int, max_rows: int) -> list[range]:
-    """Greedy contiguous packing under a padded-size cap (a single longer row gets its own)."""
+def _group(p: list[int], r: list[int], cap: int, max_rows: int, real: bool) -> list[range]:
+    """Greedy contiguous groups under a token cap (a single longer row gets its own)."""
     groups, lo = [], 0
     while lo < len(p):
         hi = lo + 1
-        while hi < len(p) and hi - lo < max_rows and _cost(p, r, lo, hi + 1) <= cap:
+        while hi < len(p) and hi - lo < max_rows and _cost(p, r, lo, hi + 1, real) <= cap:
             hi += 1
         groups.append(range(lo, hi))
         lo = hi
     return groups
 
 
-def split_exactly(p: list[int], r: list[int], k: int, max_rows: int) -> list[range]:
+def split_exactly(
+    p: list[int], r: list[int], k: int, max_rows: int, real: bool = False
+) -> list[range]:
     """k contiguous groups of rows (prompt lengths p, response lengths r, longest first)
-    minimising the largest padded size (binary search on the cap)."""
-    lo, hi = 1, _cost(p, r, 0, len(p))
+    minimising the largest size in tokens, real or padded (binary search on the cap)."""
+    lo, hi = 1, _cost(p, r, 0, len(p), real)
     while lo < hi:
         mid = (lo + hi) // 2
-        if len(_pack(p, r, mid, max_rows)) <= k:
+        if len(_group(p, r, mid, max_rows, real)) <= k:
             hi = mid
         else:
             lo = mid + 1
-    groups = _pack(p, r, lo, max_rows)
+    groups = _group(p, r, lo, max_rows, real)
     while len(groups) < k:  # fewer groups than agreed: halve the largest
         big = max(range(len(groups)), key=lambda i: len(groups[i]))
         g = groups[big]
@@ -218,12 +244,35 @@ def trimmed(batch: RolloutBatch) -> RolloutBatch:
     return RolloutBatch(width, out)
 
 
-def micro_batches(batch: RolloutBatch, plan: list[torch.Tensor]):
-    """Each planned micro-batch, trimmed, with its row indices (on the batch's device)."""
+def computed_tokens(batch: RolloutBatch, plan: MicroPlan) -> int:
+    """Token positions a forward over `plan` runs: real tokens when packed (rows without a
+    response are left out), else each micro-batch's rows x widest row."""
+    prompt, resp = row_lengths(batch)
+    total = 0
+    for rows in plan:
+        p, r = prompt[rows], resp[rows]
+        if plan.packed:
+            total += int((p + r)[r > 0].sum()) or int(p[0])
+        else:
+            total += len(rows) * int(p.max() + max(1, int(r.max())))
+    return total
+
+
+def micro_batches(batch: RolloutBatch, plan: MicroPlan):
+    """Each planned micro-batch, trimmed (and packed where the plan says so), with its row
+    indices (on the batch's device)."""
     device = batch["input_ids"].device
     for rows in plan:
         rows = rows.to(device)
-        yield rows, trimmed(batch.select(rows))
+        micro = trimmed(batch.select(rows))
+        if plan.packed:
+            micro.packed = pack(
+                micro["input_ids"],
+                micro["attention_mask"],
+                micro.prompt_width,
+                micro["response_mask"],
+            )
+        yield rows, micro
 
 
 # ---------------------------------------------------------------- forward passes
@@ -238,20 +287,32 @@ def policy_forward(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of the response tokens (temperature applied, as the engine sampled them).
 
-    Only the last R+1 positions go through the LM head (`logits_to_keep`): with a 150k-token
-    vocabulary the prompt positions' logits are most of the head's work and all of its
-    memory. `entropy_grad=False` computes the entropy for logging only (no backward graph).
+    Only the positions that predict a response token go through the LM head
+    (`logits_to_keep`): with a 150k-token vocabulary the prompt positions' logits are most of
+    the head's work and all of its memory. Packed: exactly the real response tokens; padded:
+    the last R+1 positions. `entropy_grad=False` computes the entropy for logging only (no
+    backward graph). Both are [rows, R], zero past each row's response.
     """
-    width = batch["responses"].shape[1]
-    out = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=batch["position_ids"],
-        use_cache=False,
-        logits_to_keep=width + 1,
-    )
-    logits = out.logits[:, :width].float() / temperature
-    logprobs = logprobs_from_logits(logits, batch["responses"])
+    pk = batch.packed
+    if pk is not None:
+        out = model(
+            input_ids=pk.input_ids,
+            position_ids=pk.position_ids,
+            use_cache=False,
+            logits_to_keep=pk.targets,
+        )
+        logits, labels = out.logits[0].float() / temperature, pk.labels  # [N, V], [N]
+    else:
+        width = batch["responses"].shape[1]
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            use_cache=False,
+            logits_to_keep=width + 1,
+        )
+        logits, labels = out.logits[:, :width].float() / temperature, batch["responses"]
+    logprobs = logprobs_from_logits(logits, labels)
     entropy = None
     if with_entropy:
         if entropy_grad:
@@ -259,11 +320,18 @@ def policy_forward(
         else:
             with torch.no_grad():
                 entropy = entropy_from_logits(logits.detach())
+    if pk is not None:
+        logprobs = pk.unpack(logprobs)
+        entropy = pk.unpack(entropy) if entropy is not None else None
     return logprobs, entropy
 
 
 def critic_forward(model: nn.Module, batch: RolloutBatch) -> torch.Tensor:
-    """V(s_t) for the state before each response token."""
+    """V(s_t) for the state before each response token; [rows, R]."""
+    pk = batch.packed
+    if pk is not None:
+        out = model(input_ids=pk.input_ids, position_ids=pk.position_ids, use_cache=False)
+        return pk.unpack(out.logits[0, pk.targets, 0].float())
     out = model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
@@ -279,7 +347,7 @@ def forward_all(
     fn: Callable[..., torch.Tensor | tuple],
     model: nn.Module,
     batch: RolloutBatch,
-    plan: list[torch.Tensor],
+    plan: MicroPlan,
     **kw,
 ) -> torch.Tensor:
     """`fn` (policy_forward / critic_forward) over the planned micro-batches, without grad;

@@ -9,13 +9,13 @@ compares two passes of the same kernels. No gradients; micro-batches as planned 
 
 from __future__ import annotations
 
-from hpc_ppo.batch import RolloutBatch, critic_forward, forward_all, policy_forward
+from hpc_ppo.batch import MicroPlan, RolloutBatch, critic_forward, forward_all, policy_forward
 from hpc_ppo.model import Models
 from hpc_ppo.rollout.cycle import Timer
 
 
 def old_ref_logprobs_and_values(
-    models: Models, batch: RolloutBatch, plan: list, temperature: float, timer: Timer
+    models: Models, batch: RolloutBatch, plan: MicroPlan, temperature: float, timer: Timer
 ) -> None:
     """Set `old_logprobs`, and `ref_logprobs` / `values` where a reference / critic exists."""
     with timer("old_logprob"):

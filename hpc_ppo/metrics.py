@@ -75,9 +75,12 @@ def step_metrics(
     kl_ref: float,
     timer: PhaseTimer,
     maxima: dict[str, float] | None = None,
+    computed_tokens: int | None = None,
 ) -> dict[str, float]:
     """Everything logged for one step, identical on every rank (a collective). `maxima` are
-    logged as their largest value over ranks (e.g. gpu_memory)."""
+    logged as their largest value over ranks (e.g. gpu_memory). `computed_tokens`: the token
+    positions one forward pass over the step's micro-batches computes (batch.computed_tokens);
+    `perf/padding_fraction` is the share of them that were padding."""
     mask = batch["response_mask"]
     local = {
         "actor/kl_ref": kl_ref,
@@ -94,13 +97,16 @@ def step_metrics(
     if maxima:
         metrics.update(zip(maxima, hdist.all_reduce(list(maxima.values()), "max"), strict=True))
     all_scores = hdist.all_gather_1d(batch["scores"].cpu())
-    tokens = hdist.all_reduce([float(mask.sum()), float(batch["attention_mask"].sum())], "sum")
+    real = float(batch["attention_mask"].sum())
+    computed = real if computed_tokens is None else float(computed_tokens)
+    tokens = hdist.all_reduce([float(mask.sum()), real, computed], "sum")
     metrics["reward/mean"] = float(all_scores.mean())
     metrics["reward/std"] = float(all_scores.std()) if all_scores.numel() > 1 else 0.0
     metrics.update({f"time/{k}": v for k, v in slowest.items()})
     metrics["perf/gen_tokens_per_s"] = tokens[0] / max(slowest.get("generate", 0.0), 1e-9)
     metrics["perf/tokens_per_s"] = tokens[1] / max(slowest["step"], 1e-9)
     metrics["perf/tokens"] = tokens[1]
+    metrics["perf/padding_fraction"] = max(0.0, 1.0 - tokens[1] / max(tokens[2], 1.0))
     metrics["response/clip_ratio"] = 1.0 - metrics["response/finished_frac"]
     metrics.update(batch_stats(batch))
     return metrics

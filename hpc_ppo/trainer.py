@@ -22,7 +22,13 @@ import torch
 
 from hpc_ppo import console
 from hpc_ppo.advantages import compute_advantages
-from hpc_ppo.batch import MicroBatching, balance_groups, collate, plan_micro_batches
+from hpc_ppo.batch import (
+    MicroBatching,
+    balance_groups,
+    collate,
+    computed_tokens,
+    plan_micro_batches,
+)
 from hpc_ppo.checkpoint import Checkpointer
 from hpc_ppo.config import Config, to_dict
 from hpc_ppo.data import Prompt, encode_prompt, load_prompts, task_prompts
@@ -76,7 +82,7 @@ class Trainer:
         self.models = build_models(
             cfg.model, self.tokenizer, t.seed, device, a.kl_coef > 0, a.name == "ppo"
         )
-        self.micro = MicroBatching(t.micro_batch_size, t.max_tokens_per_micro_batch)
+        self.micro = MicroBatching(t.micro_batch_size, t.max_tokens_per_micro_batch, t.padding_free)
         self.optim = Optimization(
             a,
             self.micro,
@@ -196,7 +202,9 @@ class Trainer:
             stats = self.optim.run(batch, seed + 1)
         finished = sum(s.finished for s in samples) / len(samples)
         memory = gpu_memory(self.device, self.engine)
-        return step_metrics(batch, finished, stats, kl_ref, timer, memory)
+        return step_metrics(
+            batch, finished, stats, kl_ref, timer, memory, computed_tokens(batch, plan)
+        )
 
     def validate(self, step: int) -> bool:
         """Step `step`'s validation when due and not logged yet (validation.py); False if a

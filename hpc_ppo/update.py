@@ -25,6 +25,7 @@ from torch import nn
 from hpc_ppo.algo.losses import aggregate, kl_penalty, policy_loss, truncated_is_weights, value_loss
 from hpc_ppo.batch import (
     MicroBatching,
+    MicroPlan,
     RolloutBatch,
     critic_forward,
     micro_batches,
@@ -144,7 +145,7 @@ class Optimization:
                 state.scheduler.step()
         return stats
 
-    def _actor_step(self, mini: RolloutBatch, plan: list[torch.Tensor]) -> dict[str, float]:
+    def _actor_step(self, mini: RolloutBatch, plan: MicroPlan) -> dict[str, float]:
         a = self.algo
         self.actor.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
@@ -196,7 +197,7 @@ class Optimization:
         sums["actor/skipped_updates"] = 0.0 if math.isfinite(norm) else 1.0
         return sums
 
-    def _critic_step(self, mini: RolloutBatch, plan: list[torch.Tensor]) -> dict[str, float]:
+    def _critic_step(self, mini: RolloutBatch, plan: MicroPlan) -> dict[str, float]:
         a, critic = self.algo, self.critic
         assert critic is not None
         critic.optimizer.zero_grad(set_to_none=True)
@@ -229,7 +230,7 @@ class Optimization:
         return sums
 
 
-def loss_shares(mini: RolloutBatch, plan: list[torch.Tensor], loss_agg: str) -> list[float]:
+def loss_shares(mini: RolloutBatch, plan: MicroPlan, loss_agg: str) -> list[float]:
     """Each micro-batch's share of the mini-batch loss: its tokens (token-mean) or its
     non-empty rows (seq-mean) over the mini-batch's; the shares sum to 1."""
     mask = mini["response_mask"]

@@ -19,7 +19,14 @@ from helpers import TINY
 from torch import nn
 
 from hpc_ppo import update
-from hpc_ppo.batch import MicroBatching, RolloutBatch, collate, forward_all, policy_forward
+from hpc_ppo.batch import (
+    MicroBatching,
+    MicroPlan,
+    RolloutBatch,
+    collate,
+    forward_all,
+    policy_forward,
+)
 from hpc_ppo.config import AlgoConfig, OptimConfig, load_config
 from hpc_ppo.model import load_critic, load_policy, tiny_tokenizer
 from hpc_ppo.rollout.base import Sample
@@ -51,7 +58,7 @@ def training_batch(policy: nn.Module, response_lengths: list[int]) -> RolloutBat
     batch = collate(samples(response_lengths), [0.0] * len(response_lengths), pad_id=0)
     mask = batch["response_mask"]
     gen = torch.Generator().manual_seed(1)
-    plan = [torch.arange(len(batch))]
+    plan = MicroPlan([torch.arange(len(batch))])
     # Slightly off the current policy, so ratios differ from 1 yet few tokens are clipped.
     old = forward_all(policy_forward, policy, batch, plan, temperature=TEMPERATURE)
     batch["old_logprobs"] = (old + 0.05 * torch.randn(old.shape, generator=gen)) * mask
@@ -66,7 +73,12 @@ def grads(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def one_step_grads(
-    batch: RolloutBatch, policy: nn.Module, critic: nn.Module, algo: AlgoConfig, max_rows: int
+    batch: RolloutBatch,
+    policy: nn.Module,
+    critic: nn.Module,
+    algo: AlgoConfig,
+    max_rows: int,
+    padding_free: bool = False,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The gradients of one optimizer step over the whole batch (one mini-batch, one epoch),
     cut into micro-batches of at most `max_rows` rows. The grads stay on the parameters after
@@ -74,7 +86,7 @@ def one_step_grads(
     policy, critic = copy.deepcopy(policy), copy.deepcopy(critic)
     opt = Optimization(
         dataclasses.replace(algo, ppo_epochs=1),
-        MicroBatching(max_rows=max_rows),
+        MicroBatching(max_rows=max_rows, padding_free=padding_free),
         1,
         TEMPERATURE,
         10,  # total steps: the LR schedule's length
@@ -115,13 +127,17 @@ def test_loss_shares_sum_to_one(loss_agg):
 @pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean"])
 def test_micro_batch_gradients_sum_to_the_mini_batch_gradient(loss_agg, monkeypatch):
     """Unequal response lengths, so a plain mean of micro-batch losses would be another loss
-    (checked last: the test can tell the two apart)."""
+    (checked last: the test can tell the two apart). Packed micro-batches accumulate the
+    same gradients as padded ones."""
     policy, critic = models()
     algo = AlgoConfig(loss_agg=loss_agg, entropy_coef=0.01)
     batch = training_batch(policy, [6, 1, 3, 0, 5, 2, 4, 1])
     whole = one_step_grads(batch, policy, critic, algo, max_rows=len(batch))
     micro = one_step_grads(batch, policy, critic, algo, max_rows=3)  # 3 micro-batches
     for got, want in zip(micro, whole, strict=True):
+        assert_same_grads(got, want)
+    packed = one_step_grads(batch, policy, critic, algo, max_rows=3, padding_free=True)
+    for got, want in zip(packed, whole, strict=True):
         assert_same_grads(got, want)
 
     # The one-micro-batch step is the plain mini-batch loss: check it against a direct one.

@@ -206,7 +206,15 @@ class TrainerConfig:
     )
     micro_batch_size: int = _spec(64, ge=1, doc="rollouts per forward/backward pass per rank")
     max_tokens_per_micro_batch: int | None = _spec(
-        None, ge=1, doc="dynamic batching: pack micro-batches up to this many padded tokens"
+        None,
+        ge=1,
+        doc="dynamic batching: fill micro-batches up to this many tokens (real tokens when"
+        " padding_free, else padded)",
+    )
+    padding_free: bool = _spec(
+        True,
+        doc="run micro-batches as packed sequences: no pad token is computed (flash-attn"
+        " varlen where installed, else sdpa with a block-diagonal mask)",
     )
     balance_tokens: bool = _spec(
         False, doc="move whole prompt groups between ranks to even out tokens"
