@@ -6,11 +6,14 @@
     python bench/step.py --shape tiny --device cpu    # the CPU default, to try the script
     python bench/step.py --resume RUN_DIR --steps 2   # the requeue path: continue a run's
                                                       # checkpoint for 2 more steps (warm start)
+    python bench/step.py --shape 0.5b --lengths 32:512 --compare-padding   # variable lengths:
+                                                      # padded vs padding-free tokens/s
 
 Prints one JSON object: medians over the steps after the first (which pays for JIT and
 compile) of every `time/*` phase (push, generate, sleep, old_logprob, ref, values, update,
 update_actor, update_critic, save), the final checkpoint's save seconds, tokens per step and
-the actor update's model FLOPs utilisation, and start-up figures:
+the actor update's model FLOPs utilisation, training tokens/s (real tokens over the scoring
+passes and the update: what padding-free micro-batches speed up), and start-up figures:
 
 - launch_to_first_step_s: from starting `hpc-ppo run` to the first step's metrics line (its
   `time`; a save at that step is included, see first_step_save_s), i.e. what a requeued job
@@ -160,14 +163,70 @@ def main() -> None:
     p.add_argument("--resume", type=Path, default=None, help="a run folder to continue")
     p.add_argument("--log", type=Path, default=None, help="the run's output (default: out/)")
     p.add_argument("--timeout-s", type=float, default=1e9)
+    p.add_argument(
+        "--lengths",
+        type=lengths_arg,
+        default=None,
+        metavar="LO:HI",
+        help="variable-length workload: each prompt's responses forced to a length drawn"
+        " uniformly from [LO, HI] (rollout.forced_lengths)",
+    )
+    p.add_argument(
+        "--compare-padding",
+        action="store_true",
+        help="run twice, padded then padding-free micro-batches (trainer.padding_free),"
+        " and compare their training tokens/s",
+    )
     p.add_argument("overrides", nargs="*", help="extra key=value for hpc-ppo run")
     a = p.parse_args()
     out = a.out or Path(tempfile.mkdtemp(prefix="hpcppo-step-"))
+    extra = list(a.overrides)
+    if a.lengths is not None:
+        lo, hi = a.lengths
+        extra += [f"rollout.forced_lengths=[{lo},{hi}]", f"rollout.max_new_tokens={hi}"]
+    if not a.compare_padding:
+        print(json.dumps(measure(a, out, extra, a.log), indent=1), flush=True)
+        return
+    results = {}
+    for padding_free in (False, True):
+        log = None if a.log is None else a.log.with_suffix(f".padding_free_{padding_free}.log")
+        results[padding_free] = measure(
+            a, out, [*extra, f"trainer.padding_free={padding_free}"], log
+        )
+    padded, packed = results[False], results[True]
+    summary = {
+        "bench": "step_padding",
+        "lengths": a.lengths,
+        "train_tokens_per_s": {
+            "padded": padded["train_tokens_per_s"],
+            "packed": packed["train_tokens_per_s"],
+        },
+        "speedup": round(packed["train_tokens_per_s"] / padded["train_tokens_per_s"], 3),
+        "padding_fraction_padded": padded["padding_fraction"],
+        "padded": padded,
+        "packed": packed,
+    }
+    print(json.dumps(summary, indent=1), flush=True)
+
+
+def lengths_arg(text: str) -> tuple[int, int]:
+    """`LO:HI` -> (LO, HI) with 1 <= LO <= HI."""
+    try:
+        lo, hi = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LO:HI, e.g. 32:512") from None
+    if not 1 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 1 <= LO <= HI, e.g. 32:512")
+    return lo, hi
+
+
+def measure(a: argparse.Namespace, out: Path, extra: list[str], log: Path | None) -> dict:
+    """One `hpc-ppo run` (a new run, or `--resume`) and its figures."""
     first_new = 0
     if a.resume is not None:  # the requeue path: same run folder, its config and caches
         run_dir = a.resume.resolve()
         first_new = completed_steps(run_dir)
-        cmd_args = [str(run_dir), f"trainer.total_steps={first_new + a.steps}", *a.overrides]
+        cmd_args = [str(run_dir), f"trainer.total_steps={first_new + a.steps}", *extra]
         shape = shape_of(run_dir / "config.yaml")
     else:
         config = REPO / ("configs/tiny-cpu.yaml" if a.shape == "tiny" else "configs/gpu-step.yaml")
@@ -184,9 +243,9 @@ def main() -> None:
                 write_model_dir(model_dir, shape=a.shape, layers=a.layers)
             shape = json.loads((model_dir / "config.json").read_text())
             overrides.append(f"model.path={model_dir}")
-        cmd_args = [str(config), *overrides, *a.overrides]
+        cmd_args = [str(config), *overrides, *extra]
     cmd = [sys.executable, "-m", "hpc_ppo.cli", "run", *cmd_args]
-    log_path = a.log or out / f"step-{time.strftime('%H%M%S')}.log"
+    log_path = log or out / f"step-{time.strftime('%H%M%S')}.log"
     code, launch, marks, tail = run_logged(cmd, log_path, a.timeout_s)
     wall = time.time() - launch
     if code != 0:
@@ -210,6 +269,8 @@ def main() -> None:
     flops = resolved["algo"]["ppo_epochs"] * tokens * (6 * n + 12 * layers * width * seq)
     ranks = resolved["trainer"]["nprocs"]
     mfu = flops / (med["time/update_actor"] * a.peak_tflops * 1e12 * ranks)
+    # the passes padding affects: scoring (old log-probs, reference, values) and the update
+    train_s = sum(med.get(f"time/{k}", 0.0) for k in ("old_logprob", "ref", "values", "update"))
     between = [
         round(b["time"] - a_["time"] - b["time/step"], 2)
         for a_, b in zip(rows, rows[1:], strict=False)
@@ -217,49 +278,43 @@ def main() -> None:
     engine = {}
     if "engine_begin" in marks and "engine_ready" in marks:
         engine["engine_start_s"] = round(marks["engine_ready"] - marks["engine_begin"], 1)
-    print(
-        json.dumps(
-            {
-                "bench": "step",
-                "shape": a.shape if a.resume is None else "resume",
-                "layers": layers,
-                "params_matmul": n,
-                "dtype": resolved["model"]["dtype"],
-                "cuda_graphs": not resolved["rollout"]["enforce_eager"],
-                "steps": len(rows),
-                "first_step": first_new,
-                "wall_s": round(wall, 1),
-                "launch_to_first_step_s": round(rows[0]["time"] - launch, 1),
-                "first_step_s": round(rows[0]["time/step"], 2),
-                "first_step_save_s": round(rows[0].get("time/save", 0.0), 2),
-                **engine,
-                "log_marks_s": marks,
-                "median": med,
-                "save_s_by_step": {
-                    r["step"]: round(r["time/save"], 2) for r in rows if "time/save" in r
-                },
-                "between_steps_s": between,
-                "final_save_s": round(rows[-1].get("time/save", float("nan")), 2),
-                "async_save": resolved["trainer"]["async_save"],
-                "tokens_per_step": tokens,
-                "mean_seq_len": round(seq, 1),
-                "response_len_mean": round(
-                    statistics.median(r["response/length_mean"] for r in warm), 1
-                ),
-                "gen_tokens_per_s": round(
-                    statistics.median(r["perf/gen_tokens_per_s"] for r in warm), 1
-                ),
-                "actor_mfu": round(mfu, 4),
-                "peak_tflops": a.peak_tflops,
-                "reward_mean_last": rows[-1]["reward/mean"],
-                "logprob_gap_last": rows[-1]["actor/logprob_gap"],
-                "run_dir": str(run_dir),
-                "log": str(log_path),
-            },
-            indent=1,
+    return {
+        "bench": "step",
+        "shape": a.shape if a.resume is None else "resume",
+        "layers": layers,
+        "params_matmul": n,
+        "dtype": resolved["model"]["dtype"],
+        "cuda_graphs": not resolved["rollout"]["enforce_eager"],
+        "padding_free": resolved["trainer"]["padding_free"],
+        "forced_lengths": resolved["rollout"]["forced_lengths"],
+        "steps": len(rows),
+        "first_step": first_new,
+        "wall_s": round(wall, 1),
+        "launch_to_first_step_s": round(rows[0]["time"] - launch, 1),
+        "first_step_s": round(rows[0]["time/step"], 2),
+        "first_step_save_s": round(rows[0].get("time/save", 0.0), 2),
+        **engine,
+        "log_marks_s": marks,
+        "median": med,
+        "save_s_by_step": {r["step"]: round(r["time/save"], 2) for r in rows if "time/save" in r},
+        "between_steps_s": between,
+        "final_save_s": round(rows[-1].get("time/save", float("nan")), 2),
+        "async_save": resolved["trainer"]["async_save"],
+        "tokens_per_step": tokens,
+        "mean_seq_len": round(seq, 1),
+        "response_len_mean": round(statistics.median(r["response/length_mean"] for r in warm), 1),
+        "gen_tokens_per_s": round(statistics.median(r["perf/gen_tokens_per_s"] for r in warm), 1),
+        "train_tokens_per_s": round(tokens / max(train_s, 1e-9), 1),
+        "padding_fraction": round(
+            statistics.median(r.get("perf/padding_fraction", 0.0) for r in warm), 4
         ),
-        flush=True,
-    )
+        "actor_mfu": round(mfu, 4),
+        "peak_tflops": a.peak_tflops,
+        "reward_mean_last": rows[-1]["reward/mean"],
+        "logprob_gap_last": rows[-1]["actor/logprob_gap"],
+        "run_dir": str(run_dir),
+        "log": str(log_path),
+    }
 
 
 if __name__ == "__main__":

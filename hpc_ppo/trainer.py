@@ -177,7 +177,7 @@ class Trainer:
             self.engine,
             self._weights(),
             [self._encode(p) for p in prompts],
-            SamplingSpec(r.n, r.temperature, r.top_p, r.max_new_tokens, seed=seed),
+            SamplingSpec(r.n, r.temperature, r.top_p, r.max_new_tokens, seed, r.forced_lengths),
             r.chunks,
             self.stop.agreed,
             timer,

@@ -123,6 +123,11 @@ class RolloutConfig:
         0.0, ge=0.0, le=10.0, doc="validation: sampling temperature; 0 = greedy"
     )
     max_new_tokens: int = _spec(16, ge=1, doc="response length cap")
+    forced_lengths: tuple[int, int] | None = _spec(
+        None,
+        doc="benchmarks: every response of a prompt gets a length drawn uniformly from"
+        " [lo, hi] (seeded by step and prompt; EOS ignored); null: the model decides",
+    )
     chunks: int = _spec(
         1, ge=1, doc="generate in this many calls; stop requests are checked between"
     )

@@ -129,6 +129,14 @@ def _check_cross_fields(cfg: Config, errors: list[str], check_paths: bool) -> No
         errors.append(
             f"rollout.n={r.n}: GRPO needs at least 2 samples per prompt to normalise by group"
         )
+    if r.forced_lengths is not None:
+        lo, hi = r.forced_lengths
+        if not 1 <= lo <= hi <= r.max_new_tokens:
+            errors.append(
+                f"rollout.forced_lengths={list(r.forced_lengths)}: need 1 <= lo <= hi <="
+                f" rollout.max_new_tokens={r.max_new_tokens}: e.g. rollout.forced_lengths="
+                f"[1,{r.max_new_tokens}], or raise rollout.max_new_tokens"
+            )
     if cfg.data.synthetic.min_len > cfg.data.synthetic.max_len:
         errors.append(
             f"data.synthetic.min_len={cfg.data.synthetic.min_len} exceeds data.synthetic.max_len={cfg.data.synthetic.max_len}"

@@ -10,6 +10,7 @@ weight-sync path and name mapping; on CPU the sleep/wake calls are cheap no-ops.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -27,6 +28,16 @@ class SamplingSpec:
     top_p: float
     max_new_tokens: int
     seed: int
+    forced_lengths: tuple[int, int] | None = None  # rollout.forced_lengths (benchmarks)
+
+    def forced_length(self, index: int) -> int | None:
+        """Prompt `index`'s response length under `forced_lengths`, uniform in [lo, hi] and
+        the same on every rank and engine for one (seed, index); None: the model decides."""
+        if self.forced_lengths is None:
+            return None
+        lo, hi = self.forced_lengths
+        digest = hashlib.blake2b(f"{self.seed}:{index}:length".encode(), digest_size=8).digest()
+        return lo + int.from_bytes(digest, "big") % (hi - lo + 1)
 
 
 @dataclass

@@ -75,13 +75,16 @@ class HFEngine:
             if sampling.temperature > 0
             else {"do_sample": False, "temperature": None, "top_p": None}
         )
+        # Forced lengths (benchmarks): no stop token, every row to the chunk's longest, each
+        # then cut to its own length; the logits stay untouched, as with vLLM's ignore_eos.
+        forced = [sampling.forced_length(index) for index, _ in chunk]
         gen = self.model.generate(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
             **how,
             top_k=0 if sampling.temperature > 0 else None,
-            max_new_tokens=sampling.max_new_tokens,
-            eos_token_id=self.eos_id,
+            max_new_tokens=sampling.max_new_tokens if None in forced else max(forced),
+            eos_token_id=self.eos_id if None in forced else None,
             pad_token_id=self.pad_id,
             output_scores=True,
             return_dict_in_generate=True,
@@ -93,8 +96,9 @@ class HFEngine:
         samples = []
         for row, (index, prompt) in enumerate(chunk):
             tokens = new[row].tolist()
-            finished = self.eos_id in tokens
+            finished = forced[row] is None and self.eos_id in tokens
             length = tokens.index(self.eos_id) + 1 if finished else len(tokens)
+            length = length if forced[row] is None else forced[row]
             samples.append(
                 Sample(
                     index, list(prompt), tokens[:length], logprobs[row, :length].tolist(), finished

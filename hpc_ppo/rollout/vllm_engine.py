@@ -95,16 +95,18 @@ def sampling_params(spec: SamplingSpec, index: int, eos_id: int):
     """What every engine of this project asks vLLM for (the bench's standalone LLM too)."""
     from vllm import SamplingParams
 
+    forced = spec.forced_length(index)
     return SamplingParams(
         n=spec.n,
         temperature=spec.temperature,
         top_p=spec.top_p,
-        max_tokens=spec.max_new_tokens,
+        max_tokens=spec.max_new_tokens if forced is None else forced,
+        ignore_eos=forced is not None,  # forced: exactly `forced` tokens, logits untouched
         logprobs=0,  # the sampled token's own logprob only
         flat_logprobs=True,  # a few flat lists per request instead of a dict per token
         seed=request_seed(spec.seed, index),
         detokenize=False,
-        stop_token_ids=[eos_id],
+        stop_token_ids=[] if forced is not None else [eos_id],
     )
 
 

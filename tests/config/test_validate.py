@@ -164,6 +164,15 @@ def test_unknown_reward_fn(tiny, errors_of):
     assert line.startswith("reward.fn=leters") and "did you mean 'letters'" in line
 
 
+@pytest.mark.parametrize("lengths", ["[0,5]", "[6,5]", "[2,11]"])
+def test_forced_lengths_must_fit_max_new_tokens(lengths, tiny, errors_of):
+    (line,) = errors_of(tiny, [f"rollout.forced_lengths={lengths}", "rollout.max_new_tokens=10"])
+    assert line.startswith("rollout.forced_lengths=") and "rollout.max_new_tokens=10" in line
+    assert "rollout.forced_lengths=[1,10]" in line
+    ok = load_config(tiny, ["rollout.forced_lengths=[1,10]", "rollout.max_new_tokens=10"])
+    assert ok.rollout.forced_lengths == (1, 10)
+
+
 def test_synthetic_min_len_above_max_len(tiny, errors_of):
     (line,) = errors_of(tiny, ["data.synthetic.max_len=6", "data.synthetic.min_len=7"])
     assert "data.synthetic.min_len=7" in line and "data.synthetic.max_len=6" in line

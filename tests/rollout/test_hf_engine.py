@@ -102,3 +102,19 @@ def test_sleep_and_wake_are_no_ops_on_cpu(tok, prompts):
     eng.wake_cache()
     assert eng.generate(prompts, SPEC) == want
     eng.close()
+
+
+def test_forced_lengths_give_each_prompt_a_seeded_length_and_keep_the_logprobs(tok, prompts):
+    """rollout.forced_lengths (benchmarks): every sample of a prompt gets the prompt's drawn
+    length, EOS included as an ordinary token; the same seed gives the same samples."""
+    spec = SamplingSpec(**{**SPEC.__dict__, "max_new_tokens": 40, "forced_lengths": (3, 40)})
+    many = [prompts[i % 3] for i in range(12)]
+    samples = engine(tok, batch_size=5).generate(many, spec)  # chunks of unequal lengths
+    want = [spec.forced_length(i) for i in range(12)]
+    assert [len(s.response_ids) for s in samples] == [w for w in want for _ in range(3)]
+    assert len(set(want)) > 3 and all(3 <= w <= 40 for w in want)
+    assert all(len(s.logprobs) == len(s.response_ids) and not s.finished for s in samples)
+    again = engine(tok, batch_size=5).generate(many, spec)
+    assert [s.response_ids for s in again] == [s.response_ids for s in samples]
+    other = SamplingSpec(**{**spec.__dict__, "seed": 8})
+    assert [other.forced_length(i) for i in range(12)] != want
