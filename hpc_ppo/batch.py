@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 from hpc_ppo import dist as hdist
-from hpc_ppo.algo.losses import entropy_from_logits, logprobs_from_logits
+from hpc_ppo.algo.logits import logprobs_and_entropy
 from hpc_ppo.packing import Packed, pack
 from hpc_ppo.rollout.base import Sample
 
@@ -301,7 +301,7 @@ def policy_forward(
             use_cache=False,
             logits_to_keep=pk.targets,
         )
-        logits, labels = out.logits[0].float() / temperature, pk.labels  # [N, V], [N]
+        logits, labels = out.logits[0], pk.labels  # [N, V], [N]
     else:
         width = batch["responses"].shape[1]
         out = model(
@@ -311,15 +311,13 @@ def policy_forward(
             use_cache=False,
             logits_to_keep=width + 1,
         )
-        logits, labels = out.logits[:, :width].float() / temperature, batch["responses"]
-    logprobs = logprobs_from_logits(logits, labels)
-    entropy = None
-    if with_entropy:
-        if entropy_grad:
-            entropy = entropy_from_logits(logits)
-        else:
-            with torch.no_grad():
-                entropy = entropy_from_logits(logits.detach())
+        logits, labels = out.logits[:, :width], batch["responses"]
+    # float32 math in chunks, without float32 copies of the logits kept for the backward
+    logprobs, entropy = logprobs_and_entropy(logits, labels, temperature)
+    if not with_entropy:
+        entropy = None
+    elif not entropy_grad:
+        entropy = entropy.detach()
     if pk is not None:
         logprobs = pk.unpack(logprobs)
         entropy = pk.unpack(entropy) if entropy is not None else None

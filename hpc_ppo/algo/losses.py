@@ -1,4 +1,5 @@
-"""PPO/GRPO losses, KL estimators and logit helpers, as plain tensor functions.
+"""PPO/GRPO losses and KL estimators, as plain tensor functions (log-probs and entropies:
+logits.py).
 
     python -m pytest tests/algo -q          # golden values, hand-computed
 
@@ -8,8 +9,6 @@ sync until the caller asks. Tested by `pytest tests/algo/test_losses.py`.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -133,43 +132,3 @@ def value_loss(
         "value_mean": masked_mean(values, mask).detach(),
     }
     return loss, stats
-
-
-def _rowwise_float32(logits: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
-    """Apply `fn` in float32 (float64 stays float64); low-precision inputs go row by row.
-
-    Upcasting a whole bf16 [B, T, V] tensor would double its footprint (V ~ 150k); one row at a
-    time bounds the extra memory to a single [T, V] float32 copy.
-    """
-    if logits.dtype in (torch.float32, torch.float64) or logits.dim() < 2:
-        return fn(logits if logits.dtype == torch.float64 else logits.float())
-    return torch.stack([fn(row.float()) for row in logits])
-
-
-def entropy_from_logits(logits: Tensor) -> Tensor:
-    """Entropy of softmax(logits) over the last dim, in float32: -sum(p * log p).
-
-    log_softmax shifts by the max internally, so large logits neither overflow nor lose the
-    precision that logsumexp(z) - sum(p * z) loses to cancellation.
-    """
-
-    def _entropy(z: Tensor) -> Tensor:
-        logp = torch.log_softmax(z, dim=-1)
-        return -(logp.exp() * logp).sum(dim=-1)
-
-    return _rowwise_float32(logits, _entropy)
-
-
-def logprobs_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
-    """log softmax(logits)[labels] for [B, T, V] logits and [B, T] labels, in float32.
-
-    Computed as gathered logit - logsumexp, so no [B, T, V] log-softmax tensor is materialised.
-    """
-    if labels.shape != logits.shape[:-1]:
-        raise ValueError(
-            f"labels shape {tuple(labels.shape)} does not match logits shape "
-            f"{tuple(logits.shape)} without the vocab dim"
-        )
-    picked = logits.gather(-1, labels.unsqueeze(-1).long()).squeeze(-1)
-    lse = _rowwise_float32(logits, lambda z: torch.logsumexp(z, dim=-1))
-    return picked.to(lse.dtype) - lse

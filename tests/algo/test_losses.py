@@ -6,13 +6,10 @@ import math
 
 import pytest
 import torch
-from torch.distributions import Categorical
 
 from hpc_ppo.algo.losses import (
     aggregate,
-    entropy_from_logits,
     kl_penalty,
-    logprobs_from_logits,
     policy_loss,
     value_loss,
 )
@@ -149,56 +146,6 @@ def test_kl_penalty_k3_is_clamped_and_finite() -> None:
 def test_kl_penalty_unknown_estimator_lists_allowed() -> None:
     with pytest.raises(ValueError, match=r"'k4'.*\['k1', 'k2', 'k3'\]"):
         kl_penalty(t([0.0]), t([0.0]), "k4")
-
-
-def test_logprobs_from_logits_matches_categorical() -> None:
-    gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(2, 5, 11, generator=gen) * 3
-    labels = torch.randint(0, 11, (2, 5), generator=gen)
-    expected = Categorical(logits=logits).log_prob(labels)
-    torch.testing.assert_close(logprobs_from_logits(logits, labels), expected)
-
-
-def test_logprobs_from_logits_bf16_is_computed_in_float32() -> None:
-    # Moderate logits, so a bf16 logsumexp (3 significant digits) would miss the tolerance.
-    gen = torch.Generator().manual_seed(1)
-    logits = (torch.randn(3, 4, 7, generator=gen) * 3).bfloat16()
-    labels = torch.randint(0, 7, (3, 4), generator=gen)
-    out = logprobs_from_logits(logits, labels)
-    assert out.dtype == torch.float32
-    expected = Categorical(logits=logits.float()).log_prob(labels)
-    torch.testing.assert_close(out, expected)
-
-
-def test_logprobs_from_logits_is_stable_for_huge_logits() -> None:
-    # exp(1000) overflows; the answer only depends on differences:
-    # log p(2) = -log(1 + e^-1 + e^-2) = -0.4076059. atol 1e-4: float32 spacing near 1000 is 6e-5.
-    logits = t([[[1000.0, 1001.0, 1002.0]]])
-    close(logprobs_from_logits(logits, torch.tensor([[2]])), [[-0.4076059]], atol=1e-4)
-
-
-def test_logprobs_from_logits_rejects_mismatched_labels() -> None:
-    with pytest.raises(ValueError, match="does not match logits shape"):
-        logprobs_from_logits(torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
-
-
-def test_entropy_from_logits_matches_categorical() -> None:
-    logits = torch.randn(2, 3, 13, generator=torch.Generator().manual_seed(2)) * 4
-    torch.testing.assert_close(entropy_from_logits(logits), Categorical(logits=logits).entropy())
-    close(entropy_from_logits(torch.zeros(4, 8)), [math.log(8)] * 4)  # uniform: log V
-
-
-def test_entropy_from_logits_bf16_is_computed_in_float32() -> None:
-    logits = (torch.randn(2, 3, 13, generator=torch.Generator().manual_seed(3)) * 3).bfloat16()
-    out = entropy_from_logits(logits)
-    assert out.dtype == torch.float32
-    torch.testing.assert_close(out, Categorical(logits=logits.float()).entropy())
-
-
-def test_entropy_from_logits_is_stable_for_huge_logits() -> None:
-    # Same distribution as logits (0, 1): p = (1, e) / (1 + e) -> H = log(1 + e) - e / (1 + e)
-    e = math.e
-    close(entropy_from_logits(t([[1e4, 1e4 + 1.0]])), [math.log(1 + e) - e / (1 + e)])
 
 
 def test_truncated_is_weights_golden_and_policy_loss_scaling():
