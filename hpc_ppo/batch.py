@@ -295,12 +295,7 @@ def policy_forward(
     """
     pk = batch.packed
     if pk is not None:
-        out = model(
-            input_ids=pk.input_ids,
-            position_ids=pk.position_ids,
-            use_cache=False,
-            logits_to_keep=pk.targets,
-        )
+        out = model(**pk.model_inputs(), logits_to_keep=pk.targets)
         logits, labels = out.logits[0], pk.labels  # [N, V], [N]
     else:
         width = batch["responses"].shape[1]
@@ -328,7 +323,7 @@ def critic_forward(model: nn.Module, batch: RolloutBatch) -> torch.Tensor:
     """V(s_t) for the state before each response token; [rows, R]."""
     pk = batch.packed
     if pk is not None:
-        out = model(input_ids=pk.input_ids, position_ids=pk.position_ids, use_cache=False)
+        out = model(**pk.model_inputs())
         return pk.unpack(out.logits[0, pk.targets, 0].float())
     out = model(
         input_ids=batch["input_ids"],

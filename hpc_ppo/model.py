@@ -28,6 +28,7 @@ from transformers import (
     Qwen2Config,
 )
 
+from hpc_ppo import attention
 from hpc_ppo.config import BUILTIN_TINY_MODEL, ModelConfig
 from hpc_ppo.errors import ConfigError
 
@@ -105,16 +106,30 @@ def _dtype(mc: ModelConfig) -> torch.dtype:
 
 
 def attn_implementation(mc: ModelConfig) -> str:
-    """`auto`: flash_attention_2 when flash-attn is installed and a GPU is present, else sdpa."""
+    """The transformers attention implementation of `model.attn_implementation`. `auto` on a
+    GPU: flash_attention_2 when flash-attn is installed, else torch's varlen kernel
+    (attention.py) where this torch has it, else sdpa; sdpa on the CPU."""
     choice = mc.attn_implementation
     have_flash = importlib.util.find_spec("flash_attn") is not None
     if choice == "auto":
-        return "flash_attention_2" if have_flash and torch.cuda.is_available() else "sdpa"
+        if not torch.cuda.is_available():
+            return "sdpa"
+        if have_flash:
+            return "flash_attention_2"
+        return attention.register() if attention.varlen_kernel() is not None else "sdpa"
     if choice == "flash_attention_2" and not have_flash:
         raise ConfigError(
             "model.attn_implementation=flash_attention_2 but flash-attn is not installed: "
             "pip install -e '.[flash]', or use model.attn_implementation=auto"
         )
+    if choice == "varlen":
+        if attention.varlen_kernel() is None or not torch.cuda.is_available():
+            raise ConfigError(
+                "model.attn_implementation=varlen needs a GPU and torch >= 2.10"
+                f" (torch.nn.attention.varlen; this is torch {torch.__version__}): use"
+                " model.attn_implementation=auto"
+            )
+        return attention.register()
     return choice
 
 

@@ -14,6 +14,7 @@ every loss function uses.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,6 +30,22 @@ class Packed:
     labels: Tensor  # [N]: those response tokens
     mask: Tensor  # [rows, R] bool: where the N values go in the padded layout
     placeholder: bool  # no row has a response token: one dummy target keeps the graph whole
+    cu_seq_lens: Tensor  # [kept rows + 1] int32: where each row starts in T, then T
+    max_len: int  # the longest kept row
+
+    def model_inputs(self) -> dict[str, Any]:
+        """The model's keyword arguments: the tokens, their positions, and the rows' bounds
+        for varlen attention kernels (flash-attn, attention.py), which then need no mask and
+        no device sync to find them; sdpa ignores the bounds and reads the positions."""
+        return {
+            "input_ids": self.input_ids,
+            "position_ids": self.position_ids,
+            "cu_seq_lens_q": self.cu_seq_lens,
+            "cu_seq_lens_k": self.cu_seq_lens,
+            "max_length_q": self.max_len,
+            "max_length_k": self.max_len,
+            "use_cache": False,
+        }
 
     @property
     def tokens(self) -> int:
@@ -69,6 +86,9 @@ def pack(
     else:
         targets, labels = where[resp], input_ids[:, prompt_width:][resp]
     row_pos = attention_mask.long().cumsum(-1) - 1
+    kept = seq_len[keep]
+    cu = torch.zeros(len(kept) + 1, dtype=torch.int32, device=attn.device)
+    cu[1:] = kept.cumsum(0)
     return Packed(
         input_ids=input_ids[tokens].unsqueeze(0),
         position_ids=row_pos[tokens].unsqueeze(0),
@@ -76,4 +96,6 @@ def pack(
         labels=labels,
         mask=resp,
         placeholder=placeholder,
+        cu_seq_lens=cu,
+        max_len=int(kept.max()),
     )

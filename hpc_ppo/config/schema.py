@@ -61,8 +61,9 @@ class ModelConfig:
     dtype: str = _spec("float32", choices=("float32", "bfloat16"), doc="parameter dtype")
     attn_implementation: str = _spec(
         "auto",
-        choices=("auto", "sdpa", "eager", "flash_attention_2"),
-        doc="auto: flash_attention_2 if flash-attn is installed (GPU), else sdpa",
+        choices=("auto", "sdpa", "eager", "flash_attention_2", "varlen"),
+        doc="auto: flash_attention_2 if flash-attn is installed, else varlen (torch's own varlen"
+        " kernel for packed micro-batches, sdpa otherwise) on a GPU; sdpa on the CPU",
     )
     gradient_checkpointing: bool = _spec(False, doc="recompute activations in backward")
 

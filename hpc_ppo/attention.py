@@ -1,0 +1,123 @@
+"""Packed-sequence attention on GPUs without flash-attn: torch's own varlen kernel.
+
+    hpc-ppo run configs/gpu-smoke-0.5b.yaml          # model.attn_implementation=auto
+
+transformers runs packed sequences (packing.py) with flash-attn's varlen kernel when
+flash-attn is installed; under sdpa it builds a [T, T] block-diagonal mask instead, and the
+masked kernel computes attention over all T x T pairs: 8x the work of the real ones for 8
+packed rows. torch >= 2.10 ships a varlen kernel of its own (torch.nn.attention.varlen, Flash
+Attention inside, CUDA only). `attn_implementation=auto` on a GPU without flash-attn selects
+this module's implementation, registered with transformers as "hpc_ppo_varlen": packed
+micro-batches (their cumulative lengths passed as `cu_seq_lens_q` / `cu_seq_lens_k`, as for
+flash-attn) go to the varlen kernel; everything else (a padding mask, generation with a KV
+cache, one unpadded sequence) goes to sdpa, unchanged.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import Tensor
+
+NAME = "hpc_ppo_varlen"
+
+
+def varlen_kernel() -> Any | None:
+    """torch.nn.attention.varlen.varlen_attn, or None where this torch lacks it."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+def register() -> str:
+    """Make NAME a valid `attn_implementation` (idempotent); returns NAME."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    AttentionInterface.register(NAME, attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, _mask)
+    return NAME
+
+
+def _mask(**kwargs: Any) -> Tensor | None:
+    """sdpa's mask where there is padding; none otherwise: a packed micro-batch's rows are told
+    apart by their cumulative lengths, not by a [T, T] mask (whose building this skips)."""
+    from transformers.masking_utils import sdpa_mask
+
+    if kwargs.get("attention_mask") is None:
+        return None
+    return sdpa_mask(**kwargs)
+
+
+def attention(
+    module: torch.nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, None]:
+    """transformers' attention-function contract: [B, H, S, D] in, ([B, S, H, D], None) out."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None and attention_mask is None and query.shape[0] == 1 and query.shape[2] > 1:
+        cu = cu_seq_lens(kwargs.get("position_ids"))  # packed without the lengths: find them
+    if cu is None or attention_mask is not None or dropout > 0.0:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    max_len = kwargs.get("max_length_q") or int((cu[1:] - cu[:-1]).max())
+    return varlen(query, key, value, cu, max_len, scaling), None
+
+
+def cu_seq_lens(position_ids: Tensor | None) -> Tensor | None:
+    """Cumulative lengths of the rows packed in `position_ids` [1, T] (each row restarts at
+    0); None for one row or none."""
+    if position_ids is None or position_ids.dim() != 2 or position_ids.shape[0] != 1:
+        return None
+    starts = torch.nonzero(position_ids[0] == 0).flatten()
+    if starts.numel() < 2 or int(starts[0]) != 0:
+        return None
+    end = torch.tensor([position_ids.shape[1]], device=starts.device)
+    return torch.cat([starts, end]).to(torch.int32)
+
+
+def varlen(
+    query: Tensor, key: Tensor, value: Tensor, cu: Tensor, max_len: int, scale: float | None
+) -> Tensor:
+    """Causal attention of each packed row with itself: [1, H, T, D] in, [1, T, H, D] out."""
+    kernel = varlen_kernel()
+    if kernel is None:
+        raise RuntimeError(
+            f"attn_implementation={NAME} needs torch.nn.attention.varlen (torch >= 2.10);"
+            " use model.attn_implementation=sdpa"
+        )
+    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, H, D]
+    params = inspect.signature(kernel).parameters
+    options: dict[str, Any] = {}
+    if "scale" in params:
+        options["scale"] = scale
+    elif scale is not None:  # torch 2.10: always 1/sqrt(D); scale the queries instead
+        q = q * (scale * q.shape[-1] ** 0.5)
+    if q.shape[1] != k.shape[1]:  # grouped-query attention
+        if "enable_gqa" in params:
+            options["enable_gqa"] = True
+        else:
+            groups = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    if "window_size" in params:  # later torch spells causal as a (left, right) window
+        options["window_size"] = (-1, 0)
+    else:
+        options["is_causal"] = True
+    cu = cu.to(device=q.device, dtype=torch.int32)
+    out = kernel(
+        q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, max_len, max_len, **options
+    )
+    return out.unsqueeze(0)

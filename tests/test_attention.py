@@ -1,0 +1,142 @@
+"""attention.py: the "hpc_ppo_varlen" implementation routes packed micro-batches to torch's
+varlen kernel and everything else to sdpa. The kernel is CUDA-only, so here it is replaced by
+a reference (each row's causal sdpa) in both signatures torch has shipped; tests/gpu runs the
+real one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, Qwen2Config
+
+from hpc_ppo import attention
+from hpc_ppo.batch import MicroBatching, collate, micro_batches, plan_micro_batches
+from hpc_ppo.rollout.base import Sample
+
+
+def _rows(q, k, v, cu):
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True):
+        yield a, b, (x[a:b].transpose(0, 1) for x in (q, k, v))  # [H, len, D]
+
+
+def kernel_new(
+    q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False
+):
+    assert window_size == (-1, 0) and torch.equal(cu_q, cu_k) and cu_q.dtype == torch.int32
+    assert max_q == max_k == int((cu_q[1:] - cu_q[:-1]).max())
+    out = torch.empty_like(q)
+    for a, b, (qi, ki, vi) in _rows(q, k, v, cu_q):
+        o = F.scaled_dot_product_attention(
+            qi, ki, vi, is_causal=True, scale=scale, enable_gqa=enable_gqa
+        )
+        out[a:b] = o.transpose(0, 1)
+    return out
+
+
+def kernel_2_10(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False, return_aux=None):
+    assert is_causal and q.shape[1] == k.shape[1]  # no GQA in this signature: kv repeated
+    out = torch.empty_like(q)
+    for a, b, (qi, ki, vi) in _rows(q, k, v, cu_q):
+        out[a:b] = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True).transpose(0, 1)
+    return out
+
+
+def _model(name: str):
+    cfg = Qwen2Config(
+        vocab_size=40,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg, attn_implementation=name).eval()
+
+
+def _batch():
+    g = torch.Generator().manual_seed(1)
+    lens = [(3, 5), (6, 2), (2, 7)]
+    samples = []
+    for i, (p, r) in enumerate(lens):
+        ids = torch.randint(3, 40, (p + r,), generator=g).tolist()
+        samples.append(Sample(i, ids[:p], ids[p:], [0.0] * r, False))
+    return collate(samples, [0.0] * 3, pad_id=0)
+
+
+@pytest.mark.parametrize("kernel", [kernel_new, kernel_2_10])
+def test_packed_rows_go_to_the_varlen_kernel_and_match_sdpa(kernel, monkeypatch):
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return kernel(*args, **kwargs)
+
+    counted.__signature__ = __import__("inspect").signature(kernel)
+    monkeypatch.setattr(attention, "varlen_kernel", lambda: counted)
+    name = attention.register()
+    batch = _batch()
+    ((_, micro),) = micro_batches(batch, plan_micro_batches(batch, MicroBatching(8, None, True)))
+    inputs = micro.packed.model_inputs()
+    with torch.no_grad():
+        want = _model("sdpa")(**inputs).logits  # sdpa: the block-diagonal mask
+        got = _model(name)(**inputs).logits
+        assert len(calls) == 2  # one per layer
+        # without the bounds, they are found from the positions
+        inputs = {k: v for k, v in inputs.items() if not k.startswith(("cu_", "max_"))}
+        again = _model(name)(**inputs).logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(again, want, rtol=1e-5, atol=1e-5)
+    assert len(calls) == 4
+
+
+def test_padding_and_single_sequences_stay_with_sdpa(monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the varlen kernel ran")
+
+    monkeypatch.setattr(attention, "varlen_kernel", lambda: never)
+    name = attention.register()
+    batch = _batch()
+    padded = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "position_ids": batch["position_ids"],
+    }
+    one = {"input_ids": batch["input_ids"][:1, -6:]}
+    with torch.no_grad():
+        for inputs in (padded, one):
+            torch.testing.assert_close(
+                _model(name)(**inputs).logits, _model("sdpa")(**inputs).logits
+            )
+
+
+def test_varlen_without_the_kernel_names_the_fix(monkeypatch):
+    monkeypatch.setattr(attention, "varlen_kernel", lambda: None)
+    q = torch.zeros(1, 2, 4, 8)
+    with pytest.raises(RuntimeError, match="model.attn_implementation=sdpa"):
+        attention.varlen(q, q, q, torch.tensor([0, 4], dtype=torch.int32), 4, None)
+
+
+def test_cu_seq_lens_from_positions():
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])
+    assert attention.cu_seq_lens(pos).tolist() == [0, 3, 5, 9]
+    assert attention.cu_seq_lens(torch.tensor([[0, 1, 2, 3]])) is None  # one row
+    assert attention.cu_seq_lens(None) is None
+
+
+def test_auto_picks_varlen_on_a_gpu_without_flash_attn_and_sdpa_on_the_cpu(monkeypatch):
+    from hpc_ppo.config import ModelConfig
+    from hpc_ppo.errors import ConfigError
+    from hpc_ppo.model import attn_implementation
+
+    assert attn_implementation(ModelConfig()) == "sdpa"  # this CPU machine
+    with pytest.raises(ConfigError, match="needs a GPU and torch >= 2.10"):
+        attn_implementation(ModelConfig(attn_implementation="varlen"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)  # no flash-attn
+    monkeypatch.setattr(attention, "varlen_kernel", lambda: kernel_new)
+    assert attn_implementation(ModelConfig()) == attention.NAME
+    assert attn_implementation(ModelConfig(attn_implementation="varlen")) == attention.NAME
+    monkeypatch.setattr(attention, "varlen_kernel", lambda: None)  # an older torch
+    assert attn_implementation(ModelConfig()) == "sdpa"
