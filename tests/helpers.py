@@ -159,3 +159,19 @@ def sbatch_options(text: str) -> dict[str, str | bool]:
             name, eq, value = token.removeprefix("--").partition("=")
             out[name] = value if eq else True
     return out
+
+
+def qwen2_config(vocab: int, hidden: int = 32, layers: int = 2, **kw):
+    """A small Qwen2 config (4 query heads, 2 key/value heads: grouped-query attention, as
+    the real models), for tests that build a model in code."""
+    from transformers import Qwen2Config
+
+    return Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        **kw,
+    )

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, Qwen2Config
+from helpers import qwen2_config
+from transformers import AutoModelForCausalLM
 
 from hpc_ppo import attention
 from hpc_ppo.batch import MicroBatching, collate, micro_batches, plan_micro_batches
@@ -43,14 +44,7 @@ def kernel_2_10(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False, return_aux=N
 
 
 def _model(name: str):
-    cfg = Qwen2Config(
-        vocab_size=40,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
+    cfg = qwen2_config(40)
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(cfg, attn_implementation=name).eval()
 

@@ -4,6 +4,7 @@ needs: the same count everywhere; no padding waste)."""
 from __future__ import annotations
 
 import torch
+from helpers import qwen2_config
 
 from hpc_ppo.batch import (
     MicroBatching,
@@ -50,19 +51,10 @@ def test_split_exactly_reaches_the_agreed_count():
 
 
 def test_trimmed_drops_shared_padding_and_keeps_logprobs():
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(
-        Qwen2Config(
-            vocab_size=32,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-        )
-    ).eval()
+    model = Qwen2ForCausalLM(qwen2_config(32, hidden=16, layers=1)).eval()
     batch = _batch([2, 6, 3], [4, 2, 7])
     sub = batch.select(torch.tensor([0, 2]))
     small = trimmed(sub)

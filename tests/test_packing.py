@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import gloo_rank
-from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2ForTokenClassification
+from helpers import gloo_rank, qwen2_config
+from transformers import Qwen2ForCausalLM, Qwen2ForTokenClassification
 
 from hpc_ppo.batch import (
     MicroBatching,
@@ -26,17 +26,8 @@ from hpc_ppo.rollout.base import Sample
 VOCAB = 48
 
 
-def _config(**kw) -> Qwen2Config:
-    return Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        attn_implementation="sdpa",
-        **kw,
-    )
+def _config(**kw):
+    return qwen2_config(VOCAB, attn_implementation="sdpa", **kw)
 
 
 def _batch(prompt_lens: list[int], resp_lens: list[int], seed: int = 0):

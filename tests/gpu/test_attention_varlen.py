@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, Qwen2Config
+from helpers import qwen2_config
+from transformers import AutoModelForCausalLM
 
 from hpc_ppo import attention
 from hpc_ppo.batch import MicroBatching, collate, micro_batches, plan_micro_batches
@@ -17,14 +18,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def _model(name: str) -> torch.nn.Module:
-    cfg = Qwen2Config(
-        vocab_size=1000,
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
+    cfg = qwen2_config(1000, hidden=256)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation=name, dtype=torch.bfloat16)
     return model.cuda()
