@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from hpc_ppo import memory_plan as mp
-from hpc_ppo.config import Config, Launcher, world_size_for
+from hpc_ppo.config import BUILTIN_TINY_MODEL, Config, Launcher, world_size_for
 from hpc_ppo.doctor_env import existing_base
 from hpc_ppo.doctor_node import Check, GiB, count_text, needs_cuda, size_text
 
@@ -23,6 +23,16 @@ from hpc_ppo.doctor_node import Check, GiB, count_text, needs_cuda, size_text
 def fit_checks(cfg: Config, launcher: Launcher, gpus: list[tuple[str, int]]) -> list[Check]:
     """Checkpoint size against trainer.output_dir's free space, then the GPU memory estimate
     (memory_plan.py) on the smallest GPU this task sees."""
+    path = cfg.model.path
+    if path != BUILTIN_TINY_MODEL and not (Path(path) / "config.json").is_file():
+        return [
+            Check(
+                "memory",
+                "warning",
+                f"model.path={path} holds no config.json on this node: no memory or checkpoint"
+                " estimate; run doctor where model.path is readable",
+            )
+        ]
     try:
         shape = mp.model_shape(cfg.model)
     except Exception as e:  # an architecture transformers does not know, a broken config.json

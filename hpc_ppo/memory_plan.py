@@ -81,7 +81,7 @@ def model_shape(mc: ModelConfig) -> ModelShape:
 
         conf = tiny_config(mc, tiny_tokenizer())
     else:
-        conf = AutoConfig.from_pretrained(mc.path)
+        conf = AutoConfig.from_pretrained(mc.path, local_files_only=True)  # never the Hub
     with torch.device("meta"):
         policy = AutoModelForCausalLM.from_config(conf)
         conf.num_labels = 1

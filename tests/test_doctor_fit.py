@@ -106,6 +106,12 @@ def test_cpu_run_and_no_gpu_here(qwen7b):
     assert unsized.status == "warning" and "run doctor on the job's GPU node" in unsized.message
 
 
+def test_no_estimate_without_a_local_config_json(tmp_path):
+    cfg = load_config(TINY, ["model.path=Qwen/Qwen2-7B-Instruct"], check_paths=False)
+    (check,) = fit_checks(cfg, "local", RTX_24GB)  # a Hub name: nothing is downloaded
+    assert check.status == "warning" and "holds no config.json on this node" in check.message
+
+
 def test_an_architecture_transformers_does_not_know(tmp_path):
     model = write_model_config(tmp_path / "model", {"hidden_size": 8})
     (model / "config.json").write_text('{"model_type": "no-such-arch"}')
