@@ -6,9 +6,10 @@
 
 One line per check: `ok`, `warning` or `error`, the facts, and for a warning or an error what
 to change (the key or variable, and the value where one can be computed). Exit code 0 with
-only ok and warnings, 2 with any error. The node's checks are in doctor_node.py and
-doctor_env.py; the memory and checkpoint estimates in memory_plan.py; the config's rules are
-the ones `hpc-ppo validate` applies (config/validate.py), for the launcher the job will use.
+only ok and warnings, 2 with any error. The node's checks are in doctor_node.py (software,
+GPUs) and doctor_env.py (network, Slurm, rank, folders); whether the config fits, in
+doctor_fit.py, from memory_plan.py's estimate; the config's rules are the ones `hpc-ppo
+validate` applies (config/validate.py), for the launcher the job will use.
 """
 
 from __future__ import annotations
@@ -171,41 +172,34 @@ def binding_checks(
 
 def check_model_dirs(cfg: Config) -> list[Check]:
     """model.path (and model.critic_path) hold what the ranks load: config.json (the config
-    check says when it is missing), a tokenizer and weights (FSDP reads them; vLLM needs only
-    config.json)."""
+    check says when it is missing), a tokenizer (model.path) and weights (FSDP reads them;
+    vLLM needs only config.json)."""
     mc, checks = cfg.model, []
     if mc.path == BUILTIN_TINY_MODEL:
-        return [Check("model", "ok", f"model.path={mc.path}: built in code, nothing to read")]
-    for key, path, tokenizer in (
-        ("model.path", mc.path, True),
-        ("model.critic_path", mc.critic_path, False),
-    ):
-        folder = Path(path) if path else None
+        checks.append(Check("model", "ok", f"model.path={mc.path}: built in code, nothing to read"))
+    for key, path in (("model.path", mc.path), ("model.critic_path", mc.critic_path)):
+        folder = Path(path) if path and path != BUILTIN_TINY_MODEL else None
         if folder is None or not (folder / "config.json").is_file():
             continue
         weights = [*folder.glob("*.safetensors"), *folder.glob("pytorch_model*.bin")]
-        missing = []
-        if tokenizer and not any(
-            (folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")
-        ):
-            missing.append("no tokenizer (tokenizer.json / tokenizer_config.json)")
-        if not weights:
+        found, missing = ["config.json"], []
+        if key == "model.path":  # the critic uses the policy's tokenizer
+            names = ("tokenizer.json", "tokenizer_config.json")
+            if any((folder / n).is_file() for n in names):
+                found.append("tokenizer")
+            else:
+                missing.append(f"no tokenizer ({' / '.join(names)})")
+        if weights:
+            size = size_text(sum(f.stat().st_size for f in weights))
+            found.append(f"{len(weights)} weight file(s), {size}")
+        else:
             missing.append("no weights (*.safetensors, pytorch_model*.bin)")
         if missing:
-            checks.append(
-                Check(
-                    "model",
-                    "error",
-                    f"{key}={path} has config.json but {' and '.join(missing)}: copy the model's"
-                    " complete Hugging Face folder there",
-                )
-            )
+            text = f"{key}={path} has {', '.join(found)} but {' and '.join(missing)}"
+            fix = "copy the model's complete Hugging Face folder there"
+            checks.append(Check("model", "error", f"{text}: {fix}"))
         else:
-            size = sum(f.stat().st_size for f in weights)
-            text = f"{key}={path}: config.json, tokenizer, {len(weights)} weight file(s), {size_text(size)}"
-            checks.append(
-                Check("model", "ok", text if tokenizer else text.replace(" tokenizer,", ""))
-            )
+            checks.append(Check("model", "ok", f"{key}={path}: {', '.join(found)}"))
     return checks
 
 
