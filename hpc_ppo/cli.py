@@ -5,9 +5,11 @@
     hpc-ppo submit configs/qwen2-7b.yaml [key=value ...] [--dry-run]   # one Slurm job (submitit)
     hpc-ppo render-sbatch configs/qwen2-7b.yaml [key=value ...] [-o FILE]  # the same job, to sbatch yourself
     hpc-ppo status RUN_DIR_OR_JOB_ID                          # Slurm state, last step, checkpoint
+    hpc-ppo doctor [CONFIG] [key=value ...] [--launcher slurm]  # this node (and CONFIG) before a job
 
 Exit codes: 0 success, 2 bad input (nothing was started), otherwise the failing rank's code;
-submit: 1 when Slurm refuses the job (its run folder is removed again).
+submit: 1 when Slurm refuses the job (its run folder is removed again); doctor: 2 when a check
+fails (0 with warnings).
 """
 
 from __future__ import annotations
@@ -308,6 +310,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import os
+
+    from hpc_ppo.doctor import default_launcher, exit_code, format_check, run_doctor, summary
+
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not Path(config).exists():
+        config, overrides = None, [config, *overrides]  # overrides of the embedded default
+    checks = []
+    for check in run_doctor(config, overrides, args.launcher or default_launcher(os.environ)):
+        print(format_check(check), flush=True)  # as they come: importing vllm takes a while
+        checks.append(check)
+    print(summary(checks))
+    return exit_code(checks)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpc-ppo", description="Slurm-native PPO/GRPO for LLMs")
     parser.add_argument("--version", action=_Version)
@@ -403,6 +421,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to look up a job id's run folder (default: runs; repeatable)",
     )
     p.set_defaults(fn=cmd_status)
+    p = sub.add_parser(
+        "doctor",
+        help="check this node (and a config) before a long job",
+        description="Check this node before a long job, one line per check (ok / warning / error"
+        " with the fix): Python, torch and its CUDA, the NVIDIA driver, the GPUs this task sees"
+        " and what Slurm bound, vllm and flash-attn, NCCL and multicast variables, the Slurm job"
+        " and this process's rank, the folders a run writes. With a config (or overrides of the"
+        " embedded default) also: its validation, the model folder, and an estimate of GPU memory"
+        " and checkpoint size against this node. Run it where the job runs, e.g. srun -N1 -n1"
+        " --gpus-per-node=8 hpc-ppo doctor CONFIG. Exit code 2 when a check fails.",
+    )
+    p.add_argument("config", nargs="?", help="YAML config file (optional)")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. rollout.tp=2"
+    )
+    p.add_argument(
+        "--launcher",
+        choices=LAUNCHERS,
+        default=None,
+        help="the world to check the config for: slurm (slurm.*) or local (hpc-ppo run,"
+        " trainer.nprocs); default: slurm inside a Slurm job (SLURM_JOB_ID set), else local",
+    )
+    p.set_defaults(fn=cmd_doctor)
     return parser
 
 

@@ -33,6 +33,23 @@ def run_tiny(tmp_path: Path) -> Callable[..., Path]:
 
 
 @pytest.fixture
+def fake_gpus(monkeypatch) -> Callable[..., None]:
+    """`fake_gpus(n, gib, name)`: torch.cuda reports n GPUs of `gib` GiB (CPU-only tests of
+    what reads the GPUs; nothing is allocated)."""
+    import types
+
+    import torch
+
+    def _set(n: int, gib: float, name: str = "NVIDIA GeForce RTX 4090") -> None:
+        props = types.SimpleNamespace(name=name, total_memory=int(gib * 1024**3))
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+
+    return _set
+
+
+@pytest.fixture
 def restore_logging() -> Iterator[None]:
     """Root logging as it was before the test (for tests that call runlog.setup_logging)."""
     root = logging.getLogger()

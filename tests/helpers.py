@@ -31,6 +31,22 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 TINY = str(CONFIGS / "tiny-cpu.yaml")  # the CPU default: tiny model, letters task, 1 rank
+# configs/gpu-step.yaml's overrides of the measured full-depth 7B PPO run on 2 x H200
+# (docs/PERFORMANCE.md; bench/gpu_host/tp2.sh ppo), the memory estimate's calibration
+MEASURED_7B_TP2 = (
+    "trainer.nprocs=2",
+    "rollout.tp=2",
+    "algo.name=ppo",
+    "algo.kl_coef=0.001",
+    "model.dtype=bfloat16",
+    "model.gradient_checkpointing=true",
+    "rollout.gpu_memory_utilization=0.35",
+    "rollout.n=2",
+    "trainer.batch_size=64",
+    "algo.mini_batch_size=32",
+    "trainer.micro_batch_size=4",
+    "trainer.max_tokens_per_micro_batch=4096",
+)
 
 
 def local_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -148,6 +164,21 @@ def gloo_rank() -> Iterator[None]:
         yield
     finally:
         dist.destroy_process_group()
+
+
+def write_model_config(folder: Path, shape: dict, tokenizer: bool = False) -> Path:
+    """A Qwen2 model folder of `shape` (bench/rollout.py's SHAPES) holding config.json and,
+    with `tokenizer`, the tiny tokenizer and an empty weights file: enough for what reads
+    folders without loading weights (the doctor, its memory estimate)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    conf = {**shape, "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}
+    (folder / "config.json").write_text(json.dumps(conf))
+    if tokenizer:
+        from hpc_ppo.model import tiny_tokenizer
+
+        tiny_tokenizer().save_pretrained(folder)
+        (folder / "model.safetensors").write_bytes(b"")
+    return folder
 
 
 def sbatch_options(text: str) -> dict[str, str | bool]:
