@@ -154,8 +154,8 @@ def check_update_memory(shape: mp.ModelShape, w: mp.Workload, plan: mp.MemoryPla
         f" = training state {gib(plan.state)} + ~{gib(plan.overhead)} overhead + activations"
         f" {gib(plan.activations)} ({w.rows} row(s) x {w.row_tokens:,} tokens,"
         f" model.gradient_checkpointing={str(w.checkpointing).lower()}) + gathered layers"
-        f" {gib(plan.gathered)} + fp32 logits {gib(plan.logits)} ({mp.LOGITS_COPIES} copies of"
-        f" {positions:,} positions x {shape.vocab:,})"
+        f" {gib(plan.gathered)} + logits {gib(plan.logits)} (bf16 and their gradient over"
+        f" {positions:,} positions x {shape.vocab:,}, float32 chunks)"
         + (f" + {_engine(w, plan.engine_in_update)}" if plan.engine_in_update else "")
     )
     if plan.update_peak <= plan.total:

@@ -16,8 +16,9 @@ loaded) and the config's keys, not a measurement. What it counts on one GPU, and
   times; what `generate` adds is not counted.)
 - While FSDP updates the actor (vLLM asleep when rollout.free_cache_engine): one micro-batch's
   activations (every row at its length cap: data.max_prompt_tokens + rollout.max_new_tokens),
-  two decoder layers and the root module (embeddings, head) gathered in bf16, and
-  LOGITS_COPIES fp32 copies of the LM head's output over the response positions.
+  two decoder layers and the root module (embeddings, head) gathered in bf16, and the LM
+  head's output over the response positions: kept in bf16 for the backward and its bf16
+  gradient (hpc_ppo.algo.logits computes in float32 chunks of LOGITS_WORKING bytes).
 - OVERHEAD: CUDA context, NCCL buffers, allocator slack, what vLLM keeps outside its share.
 
 Calibrated on the one full-depth measurement (docs/PERFORMANCE.md, "GPU (2 x H200)": Qwen2.5-7B
@@ -30,9 +31,12 @@ GPUs), the golden numbers of tests/test_memory_plan.py:
 - vLLM reported 7.16 GiB of weights and a 40.58 GiB KV cache in its 49.1 GiB share:
   VLLM_RUNTIME = 1.5 GiB for the rest (1.4 GiB measured).
 - The actor update ran out of memory with micro-batches of 16 rows (8,208 response positions)
-  and fitted with 4 rows: LOGITS_COPIES = 14 is the smallest count that predicts that failure
-  (and still predicts the fit). So the update estimate leans towards "fits": a warning from it
-  is a real risk, its silence no proof.
+  and fitted with 4 rows, when log-probs and entropies kept float32 copies of the logits for
+  the backward: 14 such copies was the smallest count that predicted that failure. Since
+  hpc_ppo.algo.logits keeps none, the logits term is its two bf16 tensors plus the chunks'
+  working set, which predicts that 16 rows now fit: not yet measured on a GPU, so the update
+  estimate is uncalibrated and leans towards "fits": a warning from it is a real risk, its
+  silence no proof.
 - The run's checkpoint (policy + critic + AdamW states): 83 GB on disk; counted 82.1 GiB.
 
 Simplifications: every GPU is like the one this process sees; activation sizes follow the
@@ -49,7 +53,7 @@ from hpc_ppo.config import BUILTIN_TINY_MODEL, Config, ModelConfig
 GiB = 1024**3
 OVERHEAD = 10 * GiB
 VLLM_RUNTIME = int(1.5 * GiB)
-LOGITS_COPIES = 14
+LOGITS_WORKING = 4 * (1 << 26) * 4  # 4 float32 [chunk, vocab] tensors (algo/logits.py)
 STATE_BYTES = {"float32": 16, "bfloat16": 8}  # parameter + gradient + 2 AdamW moments
 PARAM_BYTES = {"float32": 4, "bfloat16": 2}
 BF16 = 2
@@ -173,7 +177,7 @@ class MemoryPlan:
     kv_per_token: int
     activations: int
     gathered: int
-    logits: int  # all LOGITS_COPIES copies
+    logits: int  # the LM head's output and its gradient (bf16), and the chunks' working set
     engine_in_update: int  # what the engine keeps while FSDP trains (0: vLLM asleep)
     overhead: int = OVERHEAD
 
@@ -219,7 +223,7 @@ def plan_memory(shape: ModelShape, w: Workload, total: int) -> MemoryPlan:
         kv_per_token=kv_per_token,
         activations=tokens * _activation_bytes_per_token(shape, w.checkpointing),
         gathered=(shape.params - shape.layers * shape.layer_params + 2 * shape.layer_params) * BF16,
-        logits=LOGITS_COPIES * w.rows * (w.response_tokens + 1) * shape.vocab * 4,
+        logits=2 * BF16 * w.rows * (w.response_tokens + 1) * shape.vocab + LOGITS_WORKING,
         engine_in_update=0 if w.vllm and w.sleeps else engine,
     )
 
