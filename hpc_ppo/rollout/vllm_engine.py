@@ -60,12 +60,12 @@ def point_caches(root: Path) -> dict[str, str]:
     return {var: os.environ[var] for var in CACHE_VARS}
 
 
-def cache_root(rollout: RolloutConfig, run_dir: Path) -> Path:
+def cache_root(rollout: RolloutConfig, output_dir: Path) -> Path:
+    """`rollout.cache_dir`, else `<trainer.output_dir>/.cache`: beside the run folders, so
+    every run of this output_dir (and every requeue) shares one warm cache."""
     if rollout.cache_dir:
         return Path(rollout.cache_dir).resolve()
-    return (
-        run_dir.parent / ".cache"
-    )  # beside the run folders: every run of this output_dir shares it
+    return output_dir / ".cache"
 
 
 def model_dir(mc: ModelConfig, tokenizer: PreTrainedTokenizerBase, run_dir: Path, rank: int) -> str:

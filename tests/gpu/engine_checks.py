@@ -140,7 +140,11 @@ def main(model_dir: str, work: Path, out: Path) -> None:
     tok = build_tokenizer(cfg.model)
     start = time.perf_counter()
     engine = make_engine(cfg, tok, device, work / "run")
-    results["init"] = {"seconds": round(time.perf_counter() - start, 1), "caches": engine.caches}
+    results["init"] = {
+        "seconds": round(time.perf_counter() - start, 1),
+        "caches": engine.caches,
+        "output_dir": str(work),
+    }
     policy = shard(load_policy(cfg.model, tok, 0), device, mixed_bf16=True)
     params = list(policy.parameters())
     rng = np.random.default_rng(0)

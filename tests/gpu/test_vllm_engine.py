@@ -114,6 +114,6 @@ def test_caches_live_under_the_output_dir(checks):
         "TRITON_CACHE_DIR",
         "TORCHINDUCTOR_CACHE_DIR",
     }
-    for path in caches.values():
-        assert Path(path).parent.name == ".cache", caches
+    for path in caches.values():  # <trainer.output_dir>/.cache, beside the run folders
+        assert Path(path).parent == Path(checks["init"]["output_dir"]) / ".cache", caches
     assert checks.get("done"), checks["_tail"]
