@@ -18,7 +18,9 @@ loaded) and the config's keys, not a measurement. What it counts on one GPU, and
   activations (every row at its length cap: data.max_prompt_tokens + rollout.max_new_tokens),
   two decoder layers and the root module (embeddings, head) gathered in bf16, and the LM
   head's output over the response positions: kept in bf16 for the backward and its bf16
-  gradient (hpc_ppo.algo.logits computes in float32 chunks of LOGITS_WORKING bytes).
+  gradient (hpc_ppo.algo.logits computes in float32 chunks of LOGITS_WORKING bytes); with
+  trainer.defer_grad_reduce, the policy's whole gradient, unsharded until the mini-batch's
+  last micro-batch.
 - OVERHEAD: CUDA context, NCCL buffers, allocator slack, what vLLM keeps outside its share.
 
 Calibrated on the one full-depth measurement (docs/PERFORMANCE.md, "GPU (2 x H200)": Qwen2.5-7B
@@ -128,6 +130,7 @@ class Workload:
     tp: int
     sleeps: bool  # rollout.free_cache_engine
     checkpointing: bool  # model.gradient_checkpointing
+    defer_grads: bool  # trainer.defer_grad_reduce
     rows: int  # rollouts in one micro-batch of one rank, at most
     prompt_tokens: int  # data.max_prompt_tokens
     response_tokens: int  # rollout.max_new_tokens
@@ -157,6 +160,7 @@ def workload(cfg: Config, world: int, rows: int | None = None) -> Workload:
         tp=r.tp,
         sleeps=r.free_cache_engine,
         checkpointing=cfg.model.gradient_checkpointing,
+        defer_grads=t.defer_grad_reduce,
         rows=rows,
         prompt_tokens=cfg.data.max_prompt_tokens,
         response_tokens=r.max_new_tokens,
@@ -178,6 +182,7 @@ class MemoryPlan:
     activations: int
     gathered: int
     logits: int  # the LM head's output and its gradient (bf16), and the chunks' working set
+    unsharded_grads: int  # trainer.defer_grad_reduce: the whole policy's gradients, unsharded
     engine_in_update: int  # what the engine keeps while FSDP trains (0: vLLM asleep)
     overhead: int = OVERHEAD
 
@@ -198,6 +203,7 @@ class MemoryPlan:
             + self.activations
             + self.gathered
             + self.logits
+            + self.unsharded_grads
             + self.engine_in_update
         )
 
@@ -224,6 +230,8 @@ def plan_memory(shape: ModelShape, w: Workload, total: int) -> MemoryPlan:
         activations=tokens * _activation_bytes_per_token(shape, w.checkpointing),
         gathered=(shape.params - shape.layers * shape.layer_params + 2 * shape.layer_params) * BF16,
         logits=2 * BF16 * w.rows * (w.response_tokens + 1) * shape.vocab + LOGITS_WORKING,
+        # float32 for float32 parameters (FSDP2 accumulates in the reduce dtype), else bf16
+        unsharded_grads=shape.params * PARAM_BYTES[w.dtype] if w.defer_grads else 0,
         engine_in_update=0 if w.vllm and w.sleeps else engine,
     )
 

@@ -93,6 +93,7 @@ class Trainer:
             cfg.actor,
             self.models.critic,
             cfg.critic,
+            defer_grad_reduce=t.defer_grad_reduce,
         )
         self.checkpoints = Checkpointer(
             run_dir, self.optim.states, t.keep_checkpoints, t.async_save

@@ -95,8 +95,10 @@ class Optimization:
         actor: OptimConfig,
         critic: nn.Module | None = None,
         critic_optim: OptimConfig | None = None,
+        defer_grad_reduce: bool = False,
     ):
         self.algo, self.micro, self.temperature = algo, micro, temperature
+        self.defer_grad_reduce = defer_grad_reduce  # trainer.defer_grad_reduce
         self.mini_batches = mini_batches  # trainer.batch_size // algo.mini_batch_size
         self.actor = make_optimizer("policy", policy, actor, total_steps)
         self.actor_clip = actor.grad_clip
@@ -149,9 +151,10 @@ class Optimization:
         a = self.algo
         self.actor.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
-        for (_, micro), share in zip(
-            micro_batches(mini, plan), loss_shares(mini, plan, a.loss_agg), strict=True
+        for i, ((_, micro), share) in enumerate(
+            zip(micro_batches(mini, plan), loss_shares(mini, plan, a.loss_agg), strict=True)
         ):
+            self._grad_sync(self.actor.model, last=i == len(plan) - 1)
             mask = micro["response_mask"]
             logprobs, entropy = policy_forward(
                 self.actor.model,
@@ -202,9 +205,10 @@ class Optimization:
         assert critic is not None
         critic.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
-        for (_, micro), share in zip(
-            micro_batches(mini, plan), loss_shares(mini, plan, a.loss_agg), strict=True
+        for i, ((_, micro), share) in enumerate(
+            zip(micro_batches(mini, plan), loss_shares(mini, plan, a.loss_agg), strict=True)
         ):
+            self._grad_sync(critic.model, last=i == len(plan) - 1)
             values = critic_forward(critic.model, micro)
             vf, st = value_loss(
                 values,
@@ -228,6 +232,13 @@ class Optimization:
         sums["critic/grad_norm"] = norm
         sums["critic/skipped_updates"] = 0.0 if math.isfinite(norm) else 1.0
         return sums
+
+    def _grad_sync(self, model: nn.Module, last: bool) -> None:
+        """With `defer_grad_reduce`, FSDP2 keeps this micro-batch's gradients unsharded and
+        reduce-scatters the sum once, in the last one's backward: one collective per layer
+        and mini-batch instead of one per micro-batch."""
+        if self.defer_grad_reduce and hasattr(model, "set_requires_gradient_sync"):
+            model.set_requires_gradient_sync(last)
 
 
 def loss_shares(mini: RolloutBatch, plan: MicroPlan, loss_agg: str) -> list[float]:

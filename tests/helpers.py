@@ -46,6 +46,7 @@ MEASURED_7B_TP2 = (
     "algo.mini_batch_size=32",
     "trainer.micro_batch_size=4",
     "trainer.max_tokens_per_micro_batch=4096",
+    "trainer.defer_grad_reduce=false",  # a reduce per micro-batch, as the code did then
 )
 
 

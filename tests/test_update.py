@@ -229,3 +229,47 @@ def test_grpo_has_no_critic_and_a_critic_needs_its_optimizer_config():
     assert not [k for k in stats if k.startswith("critic/")]
     with pytest.raises(ValueError, match=r"a critic needs its OptimConfig \(cfg.critic\)"):
         Optimization(AlgoConfig(), MicroBatching(4), 1, 1.0, 10, policy, NO_CLIP, critic)
+
+
+def test_deferred_gradient_reduce_gives_the_same_fsdp_gradients(monkeypatch):
+    """trainer.defer_grad_reduce: FSDP2 reduce-scatters once, after the last micro-batch; the
+    gradients are those of a reduce after every micro-batch."""
+    from helpers import gloo_rank
+
+    from hpc_ppo.model import shard
+
+    policy, critic = models()
+    algo = AlgoConfig(loss_agg="token-mean", entropy_coef=0.01)
+    batch = training_batch(policy, [6, 1, 3, 0, 5, 2, 4, 1])
+    got = {}
+    with gloo_rank():
+        for defer in (False, True):
+            p, c = (shard(copy.deepcopy(m), torch.device("cpu"), False) for m in (policy, critic))
+            calls = []
+            for m in (p, c):
+                real = m.set_requires_gradient_sync
+                monkeypatch.setattr(
+                    m,
+                    "set_requires_gradient_sync",
+                    lambda on, r=real, seen=calls: (seen.append(on), r(on)),
+                )
+            opt = Optimization(
+                dataclasses.replace(algo, ppo_epochs=1),
+                MicroBatching(max_rows=3),
+                1,
+                TEMPERATURE,
+                10,
+                p,
+                NO_CLIP,
+                c,
+                NO_CLIP,
+                defer_grad_reduce=defer,
+            )
+            opt.run(batch, seed=0)
+            assert calls == ([False, False, True] * 2 if defer else [])
+            got[defer] = {
+                f"{tag}.{n}": q.grad.full_tensor().clone()
+                for tag, m in (("policy", p), ("critic", c))
+                for n, q in m.named_parameters()
+            }
+    assert_same_grads(got[True], got[False])

@@ -222,6 +222,12 @@ class TrainerConfig:
         doc="run micro-batches as packed sequences: no pad token is computed (flash-attn"
         " varlen where installed, else sdpa with a block-diagonal mask)",
     )
+    defer_grad_reduce: bool = _spec(
+        True,
+        doc="reduce-scatter gradients once per mini-batch, after its last micro-batch (FSDP2),"
+        " not after each; meanwhile every rank holds the full gradients in float32: set false"
+        " where memory is tight",
+    )
     balance_tokens: bool = _spec(
         False, doc="move whole prompt groups between ranks to even out tokens"
     )

@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from hpc_ppo.launch.sbatch import ENDED_STATES
 from hpc_ppo.rank_env import LAUNCHER_VARS
 
 SCRIPT = Path(__file__).resolve().parent / "local_slurm.sh"
-REPO = Path(__file__).resolve().parents[2]
 NODES = 2
 # States a test waits for; PREEMPTED is left out, since a requeued job passes through it.
 TERMINAL = ENDED_STATES - {"PREEMPTED"}

@@ -16,7 +16,6 @@ The seconds from the signal to the ranks' exit are printed next to the median st
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import statistics
@@ -29,16 +28,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO, TINY, final_weights, metrics, mlflow_client, mlflow_run
 
 from hpc_ppo import checkpoint as ckpt
 from hpc_ppo.config import load_config
-from hpc_ppo.export import load_run_weights
 from hpc_ppo.model import build_tokenizer, load_policy
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = str(REPO / "configs" / "tiny-cpu.yaml")
 PHASE_TIMEOUT_S = 75  # one phase (start, a few steps, a requeue) on a loaded 2-core host
 STOP_LINE = re.compile(
     r"stop requested by (SIG\w+): checkpoint step_(\d+) saved in ([\d.]+) s; "
@@ -73,10 +70,7 @@ class Job:
 
     def rows(self) -> list[dict]:
         """metrics.jsonl records (whole lines only: the job may be writing one)."""
-        path = self.run_dir / "metrics.jsonl"
-        if not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+        return metrics(self.run_dir, live=True)
 
     def logged(self) -> int:
         """Steps with a logged update, i.e. steps done as far as metrics.jsonl knows."""
@@ -187,12 +181,7 @@ def history(job: Job) -> dict[int, dict[str, float]]:
 
 def check_mlflow(job: Job, restarts: int) -> None:
     """One run, FINISHED, tagged with the job; every metric once per step, as in metrics.jsonl."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{job.run_dir / 'mlflow.db'}")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert len(runs) == 1, [(r.info.run_id, r.info.status) for r in runs]
-    run = runs[0]
+    client, run = mlflow_run(job.run_dir)
     assert run.info.status == "FINISHED"
     assert run.info.run_id == (job.run_dir / "mlflow_run_id").read_text().strip()
     tags = run.data.tags
@@ -224,18 +213,10 @@ def report(capsys, job: Job, what: str) -> None:
             )
 
 
-def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    """Policy and critic of the newest checkpoint, loaded with DCP into this process."""
-    return load_run_weights(run_dir)
-
-
 def mlflow_tags(job: Job) -> dict[str, str]:
     """The run's tags now, while the job may be running (its run id file exists by then)."""
-    from mlflow import MlflowClient
-
     run_id = (job.run_dir / "mlflow_run_id").read_text().strip()
-    client = MlflowClient(tracking_uri=f"sqlite:///{job.run_dir / 'mlflow.db'}")
-    return client.get_run(run_id).data.tags
+    return mlflow_client(job.run_dir).get_run(run_id).data.tags
 
 
 def test_usr2_twice_requeues_resumes_and_ends_bitwise_equal_to_uninterrupted(
@@ -354,10 +335,7 @@ def test_scancel_saves_on_term_and_the_job_stays_cancelled(slurm_cluster, submit
     [stop] = job.stops()
     assert stop.signal == "SIGTERM", job.explain()
     assert ckpt.complete_steps(job.run_dir)[-1] == stop.step == job.logged(), job.explain()
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{job.run_dir / 'mlflow.db'}")
-    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    _, run = mlflow_run(job.run_dir)
     assert run.info.status == "KILLED"
     report(capsys, job, "scancel")
 

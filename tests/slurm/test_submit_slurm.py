@@ -6,18 +6,17 @@ HPC_PPO_REQUIRE_SLURM=1 python -m pytest tests/slurm/test_submit_slurm.py -q
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import helpers
 import pytest
+from helpers import REPO, TINY, metrics
 
 pytestmark = pytest.mark.slurm
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = str(REPO / "configs" / "tiny-cpu.yaml")
 JOB_TIMEOUT_S = 90  # a 3-step tiny run takes ~20 s here; the margin is for a loaded machine
 
 
@@ -42,23 +41,11 @@ def field(stdout: str, label: str) -> str:
 
 def logged_steps(run_dir: Path) -> list[int]:
     """Steps with a reward/mean record in metrics.jsonl, duplicates kept (there must be none)."""
-    steps = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:  # a line being written while we poll
-            continue
-        if "reward/mean" in record:
-            steps.append(record["step"])
-    return sorted(steps)
+    return sorted(r["step"] for r in metrics(run_dir, live=True) if "reward/mean" in r)
 
 
 def mlflow_runs(run_dir: Path) -> list:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    return client.search_runs(experiments)
+    return helpers.mlflow_runs(run_dir)[1]
 
 
 def test_submit_two_nodes_runs_to_completion_and_status_reports_it(slurm_cluster, tmp_path):
