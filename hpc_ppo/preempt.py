@@ -135,6 +135,13 @@ def requeue_slurm_job(resume_step: int) -> bool:
         if "Job is pending execution" in detail:
             log.info("Slurm job %s is already requeued", job)
             return True
+        # The requeue we asked for sends TERM to every process of the job, scontrol included
+        # when it has not exited yet: it dies of it after the controller took the requeue.
+        if isinstance(e, subprocess.CalledProcessError) and e.returncode < 0:
+            _, _, now = _job_state(job)
+            if now is not None and now > int(os.environ.get("SLURM_RESTART_COUNT") or 0):
+                log.info("requeued Slurm job %s; it will resume from step_%d", job, resume_step)
+                return True
         log.error(
             "scontrol requeue %s failed: %s; resubmit the job to continue", job, detail.strip()
         )
