@@ -1,0 +1,1 @@
+"""Offline wheel bundles: hpc-ppo and everything it needs, for a node without internet."""
