@@ -1,5 +1,5 @@
-"""What tests/bundle shares: small wheels made on the spot, and a pip that sees only a folder
-of wheels.
+"""What tests/bundle shares: small wheels made on the spot, a bundle folder of them, install.sh
+run as a node would, and a pip that sees only a folder of wheels.
 
 Run: python -m pytest tests/bundle -q -m "not slow"
 """
@@ -9,11 +9,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import subprocess
+import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers import local_env
+
+from hpc_ppo.bundle import pack
 
 
 def _record_hash(data: bytes) -> str:
@@ -54,6 +59,47 @@ def write_wheel(
 def wheel() -> Callable[..., Path]:
     """wheel(folder, name, version="1.0", tag=..., requires=(...), payload=b"") -> its path."""
     return write_wheel
+
+
+@pytest.fixture
+def bundle_of(tmp_path: Path) -> Callable[..., Path]:
+    """bundle_of(wheels={name: payload}, python="X.Y", skipped=[...]) -> a bundle folder as
+    `hpc-ppo bundle` lays it out (lock, sums, install.sh), of made-up wheels."""
+
+    def bundle_of(
+        wheels: dict[str, bytes], python: str | None = None, skipped: tuple[str, ...] = ()
+    ) -> Path:
+        folder = tmp_path / "bundle"
+        (folder / "wheels").mkdir(parents=True)
+        for name, payload in wheels.items():
+            write_wheel(folder / "wheels", name, payload=payload)
+        python = python or f"{sys.version_info[0]}.{sys.version_info[1]}"
+        header = [f"python: {python}", *(f"skipped: {s}" for s in skipped)]
+        pack.write_lock(folder, header, [f"{name}==1.0" for name in wheels])
+        pack.write_sums(folder)
+        pack.write_install_script(folder)
+        return folder
+
+    return bundle_of
+
+
+@pytest.fixture
+def install_sh() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """install_sh(folder, *pip_args): the bundle's install.sh with this interpreter, in an
+    environment without PYTHONPATH, as on a node."""
+
+    def install_sh(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in local_env().items() if k != "PYTHONPATH"}
+        env["PYTHON"] = sys.executable
+        return subprocess.run(
+            [str(folder / "install.sh"), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    return install_sh
 
 
 @pytest.fixture
