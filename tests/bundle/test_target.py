@@ -1,5 +1,5 @@
-"""Tests for hpc_ppo/bundle/target.py: the node's Python and platform as pip's options and
-as marker values.
+"""Tests for hpc_ppo/bundle/target.py and the bundle command's flags: every bad flag is an
+error that names the flag and the fix, before anything is built or downloaded.
 
 Run: python -m pytest tests/bundle/test_target.py -q
 """
@@ -10,7 +10,39 @@ import pytest
 from packaging.markers import Marker
 
 from hpc_ppo.bundle.target import Target, make_target, parse_extras, this_machine
+from hpc_ppo.cli import main
 from hpc_ppo.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    "flags, fragments",
+    [
+        (["--python", "3"], ["--python 3:", "e.g. --python 3.12"]),
+        (["--python", "python3.12"], ["--python python3.12:", "major.minor"]),
+        (["--split-mb", "0"], ["--split-mb 0:", "e.g. --split-mb 60"]),
+        (["--split-mb", "1.5"], ["--split-mb 1.5:", "whole MB"]),
+        (["--platform", "win_amd64"], ["--platform win_amd64:", "manylinux_2_28_x86_64"]),
+        (["--platform", "manylinux_2_28"], ["--platform manylinux_2_28:", "ldd --version"]),
+        (["--skip", "torch"], ["--skip torch:", "e.g. --skip torch==2.11.0"]),
+        (["--skip", "torch>=2.11"], ["--skip torch>=2.11:", "NAME==VERSION"]),
+        (["--constraints", "/nonexistent/c.txt"], ["--constraints /nonexistent/c.txt: no such"]),
+    ],
+)
+def test_a_bad_flag_is_one_line_naming_it_and_the_fix(tmp_path, capsys, flags, fragments):
+    out = tmp_path / "b"
+    assert main(["bundle", "-o", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    for fragment in fragments:
+        assert fragment in err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_full_output_folder_is_refused(tmp_path, capsys):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "x").write_text("")
+    assert main(["bundle", "-o", str(tmp_path / "b")]) == 2
+    assert "exists and is not an empty folder" in capsys.readouterr().err
 
 
 def test_an_unknown_extra_lists_the_valid_ones():
@@ -61,3 +93,19 @@ def test_the_defaults_are_this_machine():
     assert make_target(None, None) == here
     assert make_target("3.12", None).platform == here.platform
     assert not here.platform.startswith("linux_")  # the manylinux tag, when there is one
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--python", "3.9"], "error: --python 3.9: hpc-ppo needs Python >=3.10; give the node's"),
+        (
+            ["--extras", "gpu,cuda"],
+            "error: --extras gpu,cuda: cuda is not an extra of hpc-ppo; choose from flash, gpu,",
+        ),
+    ],
+)
+def test_flags_checked_against_hpc_ppos_own_wheel_leave_no_folder(tmp_path, capsys, flags, message):
+    assert main(["bundle", "-o", str(tmp_path / "b"), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its .partial
