@@ -480,7 +480,8 @@ def _add_bundle_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--constraints",
         metavar="FILE",
-        help="pins for the resolution (default: the CPU torch of hpc_ppo/constraints/cpu.txt)",
+        help="pins for the resolution (default: hpc_ppo/constraints/gpu-cu130.txt with the gpu "
+        "extra, the CPU torch of hpc_ppo/constraints/cpu.txt without)",
     )
     p.add_argument(
         "--skip",

@@ -39,6 +39,7 @@ from hpc_ppo.bundle.target import Target, parse_extras
 from hpc_ppo.errors import ConfigError
 
 CONSTRAINTS = Path(__file__).resolve().parents[1] / "constraints"
+GPU_CONSTRAINTS = CONSTRAINTS / "gpu-cu130.txt"  # the versions proven on our GPU hosts
 CPU_CONSTRAINTS = CONSTRAINTS / "cpu.txt"  # the torch the README installs on a CPU machine
 
 
@@ -54,7 +55,7 @@ class Summary:
 
 
 def default_constraints(extras: list[str]) -> Path:
-    return CPU_CONSTRAINTS
+    return GPU_CONSTRAINTS if "gpu" in extras else CPU_CONSTRAINTS
 
 
 def check_output_folder(out: Path) -> None:
