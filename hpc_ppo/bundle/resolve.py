@@ -30,6 +30,7 @@ import sys
 import tempfile
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -40,6 +41,8 @@ from hpc_ppo.bundle.target import Target
 from hpc_ppo.errors import BundleError
 
 MAX_ROUNDS = 4  # pip resolutions; each adds what the target's markers need (one is usual)
+# `install --dry-run --report` came in pip 22.2; 23.0.1 is the oldest pip tried with it here.
+MIN_PIP = Version("23.0")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,12 @@ def resolve(
     skip: list[Requirement],
 ) -> dict[str, Pin]:
     """The pins the target needs for `requirements`, the skipped packages left out."""
+    pip = Version(metadata.version("pip"))
+    if pip < MIN_PIP:
+        raise BundleError(
+            f"pip {pip} (of {sys.executable}) is too old to resolve for another machine: "
+            f"hpc-ppo bundle needs pip >= {MIN_PIP}; {sys.executable} -m pip install -U pip"
+        )
     skipped = {r.name: r for r in skip}
     with tempfile.TemporaryDirectory(prefix="hpc-ppo-resolve-") as tmp:
         skip_file = Path(tmp) / "skip.txt"
