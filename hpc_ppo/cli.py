@@ -324,9 +324,14 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         constraints = None
         if args.constraints is not None:
             constraints = existing_file("--constraints", args.constraints)
-        words = ["hpc-ppo", "bundle", "-o", args.output, "--extras", args.extras]
+        # The command for lock.txt, with the defaults spelled out: the target it names holds
+        # wherever the lock is read.
+        words = ["hpc-ppo", "bundle", "-o", args.output]
+        words += ["--extras", args.extras] if args.extras else []
         words += ["--python", target.version, "--platform", target.platform]
+        words += ["--constraints", str(constraints)] if constraints else []
         words += [w for r in skip for w in ("--skip", str(r))]
+        words += ["--split-mb", str(split_mb)] if split_mb else []
         print(f"hpc-ppo: bundling for {target.describe()}", file=sys.stderr, flush=True)
         summary = make_bundle(
             Path(args.output).resolve(),
