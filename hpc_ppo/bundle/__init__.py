@@ -37,6 +37,7 @@ from hpc_ppo.bundle.project import build_own_wheel
 from hpc_ppo.bundle.resolve import Pin, download, resolve
 from hpc_ppo.bundle.target import Target, parse_extras
 from hpc_ppo.errors import ConfigError
+from hpc_ppo.provenance import code_version
 
 CONSTRAINTS = Path(__file__).resolve().parents[1] / "constraints"
 GPU_CONSTRAINTS = CONSTRAINTS / "gpu-cu130.txt"  # the versions proven on our GPU hosts
@@ -115,6 +116,7 @@ def _lock_header(
     return [
         "hpc-ppo bundle: every wheel below; install with ./install.sh (no index needed)",
         f"command: {command}",
+        f"hpc-ppo: {code_version()}",
         f"target: {target.describe()}",
         f"python: {target.version}",
         f"extras: {','.join(extras) or '(none)'}",

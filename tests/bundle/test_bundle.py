@@ -15,6 +15,7 @@ from hpc_ppo.bundle import _lock_header, _warnings, check_output_folder
 from hpc_ppo.bundle.resolve import Pin
 from hpc_ppo.bundle.target import make_target
 from hpc_ppo.errors import ConfigError
+from hpc_ppo.provenance import code_version
 
 
 def test_a_cpu_bundle_with_torchs_cuda_build_warns_with_the_fix():
@@ -32,6 +33,7 @@ def test_the_lock_header_holds_the_lines_install_sh_reads():
     header = _lock_header("hpc-ppo bundle ...", target, ["gpu"], Path("/c.txt"), skip)
     assert "python: 3.12" in header and "skipped: torch==2.11.0" in header
     assert "target: Python 3.12 (cp312) on manylinux_2_39_x86_64" in header
+    assert f"hpc-ppo: {code_version()}" in header  # which commit the bundled wheel was built from
 
 
 def test_the_output_folder_is_new_or_empty(tmp_path):
