@@ -15,3 +15,8 @@ class UserCodeError(RuntimeError):
 
 class PeerFailed(RuntimeError):
     """Another rank failed with a reported error; this rank stops without a report of its own."""
+
+
+class BundleError(RuntimeError):
+    """`hpc-ppo bundle` could not make the bundle (no wheel for the target, a conflict, pip
+    failed); the message names the requirement, the target and the fix, in one line."""
