@@ -285,7 +285,7 @@ def measure(a: argparse.Namespace, out: Path, extra: list[str], log: Path | None
         "params_matmul": n,
         "dtype": resolved["model"]["dtype"],
         "cuda_graphs": not resolved["rollout"]["enforce_eager"],
-        "padding_free": resolved["trainer"]["padding_free"],
+        "padding_free": resolved["trainer"]["padding_free"],  # null: on a GPU only
         "forced_lengths": resolved["rollout"]["forced_lengths"],
         "steps": len(rows),
         "first_step": first_new,

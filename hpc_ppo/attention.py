@@ -1,16 +1,17 @@
-"""Packed-sequence attention on GPUs without flash-attn: torch's own varlen kernel.
+"""Packed-sequence attention without flash-attn: torch's own varlen kernel, or row by row.
 
-    hpc-ppo run configs/gpu-smoke-0.5b.yaml          # model.attn_implementation=auto
+    hpc-ppo run configs/tiny-cpu.yaml          # model.attn_implementation=auto: this module
 
 transformers runs packed sequences (packing.py) with flash-attn's varlen kernel when
 flash-attn is installed; under sdpa it builds a [T, T] block-diagonal mask instead, and the
 masked kernel computes attention over all T x T pairs: 8x the work of the real ones for 8
-packed rows. torch >= 2.10 ships a varlen kernel of its own (torch.nn.attention.varlen, Flash
-Attention inside, CUDA only). `attn_implementation=auto` on a GPU without flash-attn selects
-this module's implementation, registered with transformers as "hpc_ppo_varlen": packed
-micro-batches (their cumulative lengths passed as `cu_seq_lens_q` / `cu_seq_lens_k`, as for
-flash-attn) go to the varlen kernel; everything else (a padding mask, generation with a KV
-cache, one unpadded sequence) goes to sdpa, unchanged.
+packed rows (on the CPU default, 2.2x slower steps than padded micro-batches). This module's
+implementation, registered with transformers as "hpc_ppo_varlen" (`attn_implementation=auto`
+everywhere but a GPU with flash-attn), sends packed micro-batches (their cumulative lengths
+passed as `cu_seq_lens_q` / `cu_seq_lens_k`, as for flash-attn) to torch's varlen kernel on a
+GPU (torch.nn.attention.varlen, torch >= 2.10, Flash Attention inside) and to sdpa row by row
+elsewhere; everything else (a padding mask, generation with a KV cache, one unpadded
+sequence) goes to sdpa, unchanged.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import inspect
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 NAME = "hpc_ppo_varlen"
+KERNEL_DEVICES = ("cuda",)  # where torch's varlen kernel runs (Flash Attention)
 
 
 def varlen_kernel() -> Any | None:
@@ -92,13 +95,12 @@ def cu_seq_lens(position_ids: Tensor | None) -> Tensor | None:
 def varlen(
     query: Tensor, key: Tensor, value: Tensor, cu: Tensor, max_len: int, scale: float | None
 ) -> Tensor:
-    """Causal attention of each packed row with itself: [1, H, T, D] in, [1, T, H, D] out."""
+    """Causal attention of each packed row with itself: [1, H, T, D] in, [1, T, H, D] out.
+    torch's varlen kernel on a GPU; elsewhere (the CPU, or a torch without it) sdpa row by
+    row, which computes the same pairs without a [T, T] mask."""
     kernel = varlen_kernel()
-    if kernel is None:
-        raise RuntimeError(
-            f"attn_implementation={NAME} needs torch.nn.attention.varlen (torch >= 2.10);"
-            " use model.attn_implementation=sdpa"
-        )
+    if kernel is None or query.device.type not in KERNEL_DEVICES:
+        return _row_by_row(query, key, value, cu, scale)
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, H, D]
     params = inspect.signature(kernel).parameters
     options: dict[str, Any] = {}
@@ -121,3 +123,20 @@ def varlen(
         q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, max_len, max_len, **options
     )
     return out.unsqueeze(0)
+
+
+def _row_by_row(query: Tensor, key: Tensor, value: Tensor, cu: Tensor, scale: float | None):
+    bounds = cu.tolist()
+    gqa = query.shape[1] != key.shape[1]
+    rows = [
+        F.scaled_dot_product_attention(
+            query[:, :, a:b],
+            key[:, :, a:b],
+            value[:, :, a:b],
+            is_causal=True,
+            scale=scale,
+            enable_gqa=gqa,
+        )
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    return torch.cat(rows, dim=2).transpose(1, 2)

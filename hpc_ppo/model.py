@@ -106,29 +106,21 @@ def _dtype(mc: ModelConfig) -> torch.dtype:
 
 
 def attn_implementation(mc: ModelConfig) -> str:
-    """The transformers attention implementation of `model.attn_implementation`. `auto` on a
-    GPU: flash_attention_2 when flash-attn is installed, else torch's varlen kernel
-    (attention.py) where this torch has it, else sdpa; sdpa on the CPU."""
+    """The transformers attention implementation of `model.attn_implementation`. `auto`:
+    flash_attention_2 on a GPU with flash-attn installed, else `varlen` (attention.py:
+    torch's varlen kernel on a GPU, sdpa row by row on the CPU, for packed micro-batches)."""
     choice = mc.attn_implementation
     have_flash = importlib.util.find_spec("flash_attn") is not None
     if choice == "auto":
-        if not torch.cuda.is_available():
-            return "sdpa"
-        if have_flash:
+        if have_flash and torch.cuda.is_available():
             return "flash_attention_2"
-        return attention.register() if attention.varlen_kernel() is not None else "sdpa"
+        return attention.register()
     if choice == "flash_attention_2" and not have_flash:
         raise ConfigError(
             "model.attn_implementation=flash_attention_2 but flash-attn is not installed: "
             "pip install -e '.[flash]', or use model.attn_implementation=auto"
         )
     if choice == "varlen":
-        if attention.varlen_kernel() is None or not torch.cuda.is_available():
-            raise ConfigError(
-                "model.attn_implementation=varlen needs a GPU and torch >= 2.10"
-                f" (torch.nn.attention.varlen; this is torch {torch.__version__}): use"
-                " model.attn_implementation=auto"
-            )
         return attention.register()
     return choice
 

@@ -1,12 +1,12 @@
 """Padding-free micro-batches: a padded micro-batch's real tokens as one packed sequence.
 
-    hpc-ppo run configs/tiny-cpu.yaml trainer.padding_free=true     # the default
+    hpc-ppo run configs/tiny-cpu.yaml trainer.padding_free=true     # the default on a GPU
 
 Rows are concatenated (prompt then response, no pad token) into a single [1, T] sequence whose
 position ids restart at 0 for every row. transformers reads that layout as packed sequences
-when no attention mask is given: flash-attn's varlen kernel where flash_attention_2 is the
-attention implementation, a block-diagonal causal mask under sdpa (CPU included), so no row
-attends to another. Only the positions that predict a response token go through the LM head
+when no attention mask is given: flash-attn's varlen kernel under flash_attention_2, torch's
+varlen kernel or sdpa row by row under attention.py's implementation, a block-diagonal causal
+mask under plain sdpa; no row attends to another. Only the positions that predict a response token go through the LM head
 (`logits_to_keep` as an index tensor), and results come back in the padded [rows, R] layout
 every loss function uses.
 """

@@ -82,7 +82,10 @@ class Trainer:
         self.models = build_models(
             cfg.model, self.tokenizer, t.seed, device, a.kl_coef > 0, a.name == "ppo"
         )
-        self.micro = MicroBatching(t.micro_batch_size, t.max_tokens_per_micro_batch, t.padding_free)
+        # Padding-free by default on a GPU only: on the CPU default, packed rows measured
+        # slower (docs/PERFORMANCE.md), its per-row attention calls outweighing the padding.
+        packed = t.padding_free if t.padding_free is not None else device.type == "cuda"
+        self.micro = MicroBatching(t.micro_batch_size, t.max_tokens_per_micro_batch, packed)
         self.optim = Optimization(
             a,
             self.micro,

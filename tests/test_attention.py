@@ -69,6 +69,7 @@ def test_packed_rows_go_to_the_varlen_kernel_and_match_sdpa(kernel, monkeypatch)
 
     counted.__signature__ = __import__("inspect").signature(kernel)
     monkeypatch.setattr(attention, "varlen_kernel", lambda: counted)
+    monkeypatch.setattr(attention, "KERNEL_DEVICES", ("cuda", "cpu"))  # the reference runs here
     name = attention.register()
     batch = _batch()
     ((_, micro),) = micro_batches(batch, plan_micro_batches(batch, MicroBatching(8, None, True)))
@@ -105,11 +106,17 @@ def test_padding_and_single_sequences_stay_with_sdpa(monkeypatch):
             )
 
 
-def test_varlen_without_the_kernel_names_the_fix(monkeypatch):
-    monkeypatch.setattr(attention, "varlen_kernel", lambda: None)
-    q = torch.zeros(1, 2, 4, 8)
-    with pytest.raises(RuntimeError, match="model.attn_implementation=sdpa"):
-        attention.varlen(q, q, q, torch.tensor([0, 4], dtype=torch.int32), 4, None)
+def test_without_the_kernel_or_on_the_cpu_rows_go_through_sdpa_one_by_one(monkeypatch):
+    """The CPU path (and a torch without the kernel): same logits as sdpa's [T, T] mask."""
+    name = attention.register()
+    batch = _batch()
+    ((_, micro),) = micro_batches(batch, plan_micro_batches(batch, MicroBatching(8, None, True)))
+    inputs = micro.packed.model_inputs()
+    with torch.no_grad():
+        want = _model("sdpa")(**inputs).logits
+        for kernel in (None, kernel_new):  # a CPU tensor never reaches the kernel
+            monkeypatch.setattr(attention, "varlen_kernel", lambda k=kernel: k)
+            torch.testing.assert_close(_model(name)(**inputs).logits, want, rtol=1e-5, atol=1e-5)
 
 
 def test_cu_seq_lens_from_positions():
@@ -119,18 +126,13 @@ def test_cu_seq_lens_from_positions():
     assert attention.cu_seq_lens(None) is None
 
 
-def test_auto_picks_varlen_on_a_gpu_without_flash_attn_and_sdpa_on_the_cpu(monkeypatch):
+def test_auto_picks_flash_attn_on_a_gpu_that_has_it_and_varlen_elsewhere(monkeypatch):
     from hpc_ppo.config import ModelConfig
-    from hpc_ppo.errors import ConfigError
     from hpc_ppo.model import attn_implementation
 
-    assert attn_implementation(ModelConfig()) == "sdpa"  # this CPU machine
-    with pytest.raises(ConfigError, match="needs a GPU and torch >= 2.10"):
-        attn_implementation(ModelConfig(attn_implementation="varlen"))
+    assert attn_implementation(ModelConfig()) == attention.NAME  # this CPU machine
+    assert attn_implementation(ModelConfig(attn_implementation="sdpa")) == "sdpa"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)  # no flash-attn
-    monkeypatch.setattr(attention, "varlen_kernel", lambda: kernel_new)
-    assert attn_implementation(ModelConfig()) == attention.NAME
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object())  # flash-attn
+    assert attn_implementation(ModelConfig()) == "flash_attention_2"
     assert attn_implementation(ModelConfig(attn_implementation="varlen")) == attention.NAME
-    monkeypatch.setattr(attention, "varlen_kernel", lambda: None)  # an older torch
-    assert attn_implementation(ModelConfig()) == "sdpa"

@@ -62,8 +62,8 @@ class ModelConfig:
     attn_implementation: str = _spec(
         "auto",
         choices=("auto", "sdpa", "eager", "flash_attention_2", "varlen"),
-        doc="auto: flash_attention_2 if flash-attn is installed, else varlen (torch's own varlen"
-        " kernel for packed micro-batches, sdpa otherwise) on a GPU; sdpa on the CPU",
+        doc="auto: flash_attention_2 on a GPU with flash-attn, else varlen (packed micro-batches"
+        " through torch's varlen kernel on a GPU, sdpa row by row on the CPU; the rest sdpa)",
     )
     gradient_checkpointing: bool = _spec(False, doc="recompute activations in backward")
 
@@ -217,10 +217,10 @@ class TrainerConfig:
         doc="dynamic batching: fill micro-batches up to this many tokens (real tokens when"
         " padding_free, else padded)",
     )
-    padding_free: bool = _spec(
-        True,
-        doc="run micro-batches as packed sequences: no pad token is computed (flash-attn"
-        " varlen where installed, else sdpa with a block-diagonal mask)",
+    padding_free: bool | None = _spec(
+        None,
+        doc="run micro-batches as packed sequences, no pad token computed (model."
+        "attn_implementation=auto: varlen kernels); null: on a GPU, off on the CPU (slower there)",
     )
     defer_grad_reduce: bool = _spec(
         True,
