@@ -332,7 +332,13 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     import shlex
 
     from hpc_ppo.bundle import make_bundle
-    from hpc_ppo.bundle.target import existing_file, make_target, parse_skip, parse_split_mb
+    from hpc_ppo.bundle.target import (
+        existing_file,
+        make_target,
+        parse_node_packages,
+        parse_skip,
+        parse_split_mb,
+    )
     from hpc_ppo.errors import BundleError
 
     try:
@@ -350,6 +356,11 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         words += ["--constraints", str(constraints)] if constraints else []
         words += [w for r in skip for w in ("--skip", str(r))]
         words += ["--split-mb", str(split_mb)] if split_mb else []
+        node_has = None
+        if args.node_packages is not None:
+            node_file = existing_file("--node-packages", args.node_packages)
+            node_has = parse_node_packages(node_file)
+            words += ["--node-packages", str(node_file)]
         print(f"hpc-ppo: bundling for {target.describe()}", file=sys.stderr, flush=True)
         summary = make_bundle(
             Path(args.output).resolve(),
@@ -359,6 +370,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
             skip,
             split_mb,
             shlex.join(words),
+            node_has,
         )
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -536,6 +548,12 @@ def _add_bundle_parser(sub: argparse._SubParsersAction) -> None:
         metavar="NAME==VER",
         help="a package the node has already (the site's torch): resolved against, left out, "
         "checked by install.sh (repeatable)",
+    )
+    p.add_argument(
+        "--node-packages",
+        metavar="FILE",
+        help="the node's `python -m pip freeze`: what it has at a version every bundled package"
+        " accepts stays out of the bundle (and is checked by install.sh)",
     )
     p.add_argument(
         "--split-mb",

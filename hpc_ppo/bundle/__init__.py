@@ -3,6 +3,8 @@
     hpc-ppo bundle -o B                                # for this machine's Python and platform
     hpc-ppo bundle -o B --extras gpu --python 3.12 --platform manylinux_2_39_x86_64 \\
         --skip torch==2.11.0 --split-mb 60             # for a GPU host that has its own torch
+    hpc-ppo bundle -o B --extras gpu ... --node-packages node-freeze.txt   # and leave out what
+                                                       # the node's `pip freeze` already holds
     B/install.sh                                       # on the node: check, then install
 
 A bundle folder, as install.sh reads it:
@@ -34,7 +36,7 @@ from packaging.specifiers import SpecifierSet
 
 from hpc_ppo.bundle import pack
 from hpc_ppo.bundle.project import build_own_wheel
-from hpc_ppo.bundle.resolve import Pin, download, resolve
+from hpc_ppo.bundle.resolve import Pin, download, on_node, resolve
 from hpc_ppo.bundle.target import Target, parse_extras
 from hpc_ppo.errors import ConfigError
 from hpc_ppo.provenance import code_version
@@ -73,8 +75,10 @@ def make_bundle(
     skip: list[Requirement],
     split_mb: int | None,
     command: str,
+    node_has: dict[str, str] | None = None,
 ) -> Summary:
-    """Make the bundle folder `out` (see the module docstring for what it holds)."""
+    """Make the bundle folder `out` (see the module docstring for what it holds); what
+    `node_has` (--node-packages) holds at an accepted version stays out, like --skip."""
     check_output_folder(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -91,9 +95,12 @@ def make_bundle(
         constraints = constraints or default_constraints(chosen)
         wanted = f"{own.path}[{','.join(chosen)}]" if chosen else str(own.path)
         pins = resolve([wanted], target, [constraints], skip)
+        on_node_too: list[Requirement] = []
+        if node_has:
+            pins, on_node_too = on_node(pins, target, node_has)
         others = [p for p in pins.values() if p.name != "hpc-ppo"]
         download(others, target, staging / "wheels")
-        header = _lock_header(command, target, chosen, constraints, skip)
+        header = _lock_header(command, target, chosen, constraints, [*skip, *on_node_too])
         pack.write_lock(staging, header, [f"{p.name}=={p.version}" for p in pins.values()])
         pack.write_sums(staging)
         pack.write_install_script(staging)

@@ -18,6 +18,9 @@ What pip cannot do, done here from the report's metadata:
 - `--skip NAME==VER` (the node has it): pip resolves with it as a constraint, so everything
   else agrees with the node's version, then the walk stops at it: neither it nor what only it
   needs (torch's CUDA libraries) goes into the bundle.
+- `--node-packages FILE` (the node's `pip freeze`): after the resolution, `on_node` leaves out
+  each package the node has at a version every requirement on it accepts (triton, numpy,
+  transformers on a GPU host with its own torch stack); the rest is bundled as resolved.
 """
 
 from __future__ import annotations
@@ -96,6 +99,31 @@ def resolve(
     )
 
 
+def on_node(
+    pins: dict[str, Pin], target: Target, have: dict[str, str]
+) -> tuple[dict[str, Pin], list[Requirement]]:
+    """Split `pins` into what the bundle needs and what the node has (`have`, from its
+    `pip freeze`) at a version that every requirement on it accepts (those the target's
+    markers and the requested extras activate, as `_closure` walks them). hpc-ppo itself is
+    always bundled."""
+    accepted: dict[str, list[Requirement]] = {}
+    _closure(pins, target, {}, accepted)
+    bundle, kept_out = {}, []
+    for name, pin in pins.items():
+        version = have.get(name)
+        if (
+            name == "hpc-ppo"
+            or version is None
+            or not all(
+                r.specifier.contains(version, prereleases=True) for r in accepted.get(name, [])
+            )
+        ):
+            bundle[name] = pin
+        else:
+            kept_out.append(Requirement(f"{name}=={version}"))
+    return bundle, kept_out
+
+
 def _public(req: Requirement) -> str:
     (spec,) = req.specifier
     return spec.version.split("+")[0]
@@ -128,10 +156,14 @@ def _pip_resolution(
 
 
 def _closure(
-    pins: dict[str, Pin], target: Target, skipped: dict[str, Requirement]
+    pins: dict[str, Pin],
+    target: Target,
+    skipped: dict[str, Requirement],
+    required: dict[str, list[Requirement]] | None = None,
 ) -> tuple[set[str], list[str]]:
     """Walk from the requested pins with the target's markers: (what the target needs,
-    requirements it needs that `pins` lacks or pins outside their range)."""
+    requirements it needs that `pins` lacks or pins outside their range). `required`, if
+    given, collects the requirements met on the way, by canonical name."""
     env = target.marker_env()
     keep: set[str] = set()
     missing: list[str] = []
@@ -150,6 +182,8 @@ def _closure(
             if req.marker and not any(req.marker.evaluate(c) for c in contexts):
                 continue
             child = canonicalize_name(req.name)
+            if required is not None:
+                required.setdefault(child, []).append(req)
             if child in skipped:
                 have = _public(skipped[child])
                 if not req.specifier.contains(have, prereleases=True):

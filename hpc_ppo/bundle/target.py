@@ -199,3 +199,21 @@ def existing_file(flag: str, value: str) -> Path:
     if not path.is_file():
         raise ConfigError(f"{flag} {value}: no such file")
     return path.resolve()
+
+
+def parse_node_packages(path: Path) -> dict[str, str]:
+    """`--node-packages FILE`, the node's `python -m pip freeze`: {canonical name: version}.
+    Lines that pin no release (comments, `-e`, `NAME @ URL`) are passed over."""
+    have: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        text = line.split("#", 1)[0].strip()
+        if not text or text.startswith("-") or " @ " in text:
+            continue
+        name, sep, version = text.partition("==")
+        if not sep or not name.strip() or not version.strip():
+            raise ConfigError(
+                f"--node-packages {path}, line {number}: {line.strip()!r} is not NAME==VERSION;"
+                " give the node's `python -m pip freeze` output"
+            )
+        have[canonicalize_name(name.strip())] = version.strip()
+    return have

@@ -105,3 +105,41 @@ def test_the_target_python_decides_a_marker_pip_evaluated_for_this_one(index):
     # `native; python_version < "3.0"` is needed by no Python 3: pure needs no native wheel.
     got = resolve(["pure"], PY312, [], [])
     assert list(got) == ["pure"]
+
+
+def test_packages_the_node_has_at_an_accepted_version_stay_out():
+    from hpc_ppo.bundle.resolve import on_node
+
+    app = Pin(
+        "app",
+        "1",
+        ("lib>=2", "util", 'fast; extra == "speed"', "hpc-ppo"),
+        True,
+        frozenset({"speed"}),
+    )
+    resolved = pins(
+        app, Pin("lib", "2.5"), Pin("util", "1.0"), Pin("fast", "3"), Pin("hpc-ppo", "0.1")
+    )
+    have = {"lib": "1.9", "util": "1.2", "fast": "3", "hpc-ppo": "0.1", "other": "1"}
+    bundle, out = on_node(resolved, PY312, have)
+    assert sorted(bundle) == ["app", "hpc-ppo", "lib"]  # lib 1.9 fails >=2; hpc-ppo always
+    assert sorted(str(r) for r in out) == ["fast==3", "util==1.2"]
+    # a requirement behind a requested extra counts; behind another extra it does not
+    extra = ('fast>=4; extra == "speed"', 'fast<3; extra == "slow"')
+    strict = pins(Pin("app", "1", extra, True, frozenset({"speed"})), Pin("fast", "4"))
+    assert sorted(on_node(strict, PY312, {"fast": "3"})[0]) == ["app", "fast"]
+    assert sorted(on_node(strict, PY312, {"fast": "4.1"})[0]) == ["app"]
+
+
+def test_node_packages_file_is_pip_freeze(tmp_path):
+    from hpc_ppo.bundle.target import parse_node_packages
+    from hpc_ppo.errors import ConfigError
+
+    freeze = tmp_path / "freeze.txt"
+    freeze.write_text(
+        "# pip freeze\nTorch==2.11.0+cu130\n-e git+https://x#egg=y\nz @ file:///z.whl\nnumpy==2.3.5\n"
+    )
+    assert parse_node_packages(freeze) == {"torch": "2.11.0+cu130", "numpy": "2.3.5"}
+    freeze.write_text("torch>=2\n")
+    with pytest.raises(ConfigError, match="line 1: 'torch>=2' is not NAME==VERSION"):
+        parse_node_packages(freeze)
