@@ -293,6 +293,12 @@ def measure(a: argparse.Namespace, out: Path, extra: list[str], log: Path | None
         "launch_to_first_step_s": round(rows[0]["time"] - launch, 1),
         "first_step_s": round(rows[0]["time/step"], 2),
         "first_step_save_s": round(rows[0].get("time/save", 0.0), 2),
+        # the process's start-up by phase (slowest rank), logged with its first step
+        "startup_s": {
+            k.removeprefix("startup/"): round(v, 1)
+            for k, v in rows[0].items()
+            if k.startswith("startup/")
+        },
         **engine,
         "log_marks_s": marks,
         "median": med,

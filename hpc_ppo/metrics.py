@@ -10,6 +10,7 @@ rank calls `step_metrics` (each reduction is a collective); rank 0 logs the resu
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 
@@ -38,6 +39,18 @@ class PhaseTimer:
     def total(self) -> dict[str, float]:
         """The phases plus `step`, the seconds since the timer was made."""
         return {**self.seconds, "step": time.perf_counter() - self.start}
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux /proc), interpreter start-up included; None
+    where /proc is missing."""
+    try:
+        fields = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])  # starttime, field 22 of proc(5): clock ticks after boot
+        uptime = float(open("/proc/uptime").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
 
 
 GiB = 1024**3

@@ -35,6 +35,8 @@ LAST_ERROR = "last_error"
 def main(run_dir: str | Path, stop: StopFlag) -> int:
     """Train (or resume) the run in `run_dir` as this rank; returns the exit code."""
     # Imported here, after the caller installed `stop`: they take a second or more to load.
+    import time
+
     import torch
     import torch.distributed as dist
 
@@ -43,8 +45,12 @@ def main(run_dir: str | Path, stop: StopFlag) -> int:
     from hpc_ppo.config import load_config
     from hpc_ppo.dist import init_distributed, pick_device
     from hpc_ppo.errors import ConfigError, PeerFailed, UserCodeError
+    from hpc_ppo.metrics import process_age
     from hpc_ppo.rank_env import resolve_rank_env
     from hpc_ppo.runlog import setup_logging
+
+    # Start-up seconds by phase (logged by the trainer, and as startup/* with the first step).
+    startup = {"interpreter_and_imports": process_age() or 0.0}
 
     run_dir = Path(run_dir).resolve()
     env = resolve_rank_env()
@@ -63,7 +69,9 @@ def main(run_dir: str | Path, stop: StopFlag) -> int:
     # (the hazard FSDP2 warns about), so the warning would only fill every rank's log.
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     device = pick_device(cfg.trainer.device, env.local_rank)
+    start = time.perf_counter()
     init_distributed(env, device)
+    startup["process_group"] = time.perf_counter() - start
     try:
         # The first point where the ranks can agree: a stop that came while they started
         # (imports, rendezvous) ends the run before the model loads, with nothing new to save.
@@ -74,7 +82,8 @@ def main(run_dir: str | Path, stop: StopFlag) -> int:
         else:
             from hpc_ppo.trainer import Trainer
 
-            finished = Trainer(cfg, run_dir, env.rank, env.world_size, device, stop).fit()
+            trainer = Trainer(cfg, run_dir, env.rank, env.world_size, device, stop, startup)
+            finished = trainer.fit()
         dist.barrier()
         if not finished:
             _after_stop(env.rank, run_dir)

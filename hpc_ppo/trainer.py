@@ -51,6 +51,19 @@ from hpc_ppo.validation import Schedule, Validation
 log = logging.getLogger(__name__)
 
 
+# Start-up phases, in order: rank.py's, then the trainer's (`trainer_other`: the rest of it).
+STARTUP_PHASES = (
+    "interpreter_and_imports",
+    "process_group",
+    "tokenizer_and_data",
+    "engine",
+    "models",
+    "restore",
+    "tracking",
+    "trainer_other",
+)
+
+
 class Trainer:
     def __init__(
         self,
@@ -60,7 +73,11 @@ class Trainer:
         world_size: int,
         device: torch.device,
         stop: StopFlag | None = None,
+        startup: dict[str, float] | None = None,
     ):
+        """`startup`: seconds of the rank's start-up before the trainer (rank.py); the
+        trainer adds its own phases, logs them and sends them with the first step."""
+        clock = PhaseTimer()
         self.cfg, self.run_dir, self.rank, self.world, self.device = (
             cfg,
             run_dir,
@@ -70,18 +87,21 @@ class Trainer:
         )
         t, a = cfg.trainer, cfg.algo
         self.stop = stop or StopFlag()
-        self.tokenizer = build_tokenizer(cfg.model)
-        self.prompts = task_prompts(cfg.data, t.seed)
-        self.sampler = PromptSampler(len(self.prompts), t.batch_size, t.seed, cfg.data.shuffle)
-        self.rewards = resolve_rewards(cfg.reward)
-        self.engine = make_engine(cfg, self.tokenizer, device, run_dir)
+        with clock("tokenizer_and_data"):
+            self.tokenizer = build_tokenizer(cfg.model)
+            self.prompts = task_prompts(cfg.data, t.seed)
+            self.sampler = PromptSampler(len(self.prompts), t.batch_size, t.seed, cfg.data.shuffle)
+            self.rewards = resolve_rewards(cfg.reward)
+        with clock("engine"):
+            self.engine = make_engine(cfg, self.tokenizer, device, run_dir)
         # Seed after the engine: vLLM re-seeds the process when it starts (DESIGN.md).
         random.seed(t.seed + rank)
         np.random.seed(t.seed + rank)
         torch.manual_seed(t.seed + rank)
-        self.models = build_models(
-            cfg.model, self.tokenizer, t.seed, device, a.kl_coef > 0, a.name == "ppo"
-        )
+        with clock("models"):
+            self.models = build_models(
+                cfg.model, self.tokenizer, t.seed, device, a.kl_coef > 0, a.name == "ppo"
+            )
         # Padding-free by default on a GPU only: on the CPU default, packed rows measured
         # slower (docs/PERFORMANCE.md), its per-row attention calls outweighing the padding.
         packed = t.padding_free if t.padding_free is not None else device.type == "cuda"
@@ -101,18 +121,24 @@ class Trainer:
         self.checkpoints = Checkpointer(
             run_dir, self.optim.states, t.keep_checkpoints, t.async_save
         )
-        resumed = self.checkpoints.resume(t.total_steps, warn=rank == 0)
+        with clock("restore"):
+            resumed = self.checkpoints.resume(t.total_steps, warn=rank == 0)
         self.start_step = int(resumed["step"]) if resumed else 0
         if resumed:
             self.sampler.load_state_dict(resumed["sampler"])
         self.tracker: MetricsSink = NullTracker()
         if rank == 0:
-            self.tracker = open_tracking(run_dir, cfg.tracking, to_dict(cfg))
-            if resumed and resumed.get("last_metrics"):
-                # The last step's metrics ride in the checkpoint: a kill between the commit and
-                # the MLflow write cannot lose them (the tracker skips repeats).
-                self.tracker.log_metrics(self.start_step - 1, resumed["last_metrics"])
+            with clock("tracking"):
+                self.tracker = open_tracking(run_dir, cfg.tracking, to_dict(cfg))
+                if resumed and resumed.get("last_metrics"):
+                    # The last step's metrics ride in the checkpoint: a kill between the commit
+                    # and the MLflow write cannot lose them (the tracker skips repeats).
+                    self.tracker.log_metrics(self.start_step - 1, resumed["last_metrics"])
         self.validation = self._make_validation()
+        phases = {**(startup or {}), **clock.seconds}
+        phases["trainer_other"] = clock.total()["step"] - sum(clock.seconds.values())
+        # The same keys in the same order on every rank: the first step reduces them.
+        self.startup: dict[str, float] | None = {k: phases.get(k, 0.0) for k in STARTUP_PHASES}
 
     # ------------------------------------------------------------------ loop
 
@@ -121,6 +147,12 @@ class Trainer:
         steps = console.StepLog(self.start_step, self.cfg.trainer.total_steps, self.rank == 0)
         if self.rank == 0:
             self._start_block()
+            if self.startup:
+                log.info(
+                    "start-up %.1f s on rank 0: %s",
+                    sum(self.startup.values()),
+                    ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in self.startup.items()),
+                )
         try:
             with steps.active():
                 finished = self._loop(steps)
@@ -206,6 +238,9 @@ class Trainer:
             stats = self.optim.run(batch, seed + 1)
         finished = sum(s.finished for s in samples) / len(samples)
         memory = gpu_memory(self.device, self.engine)
+        if self.startup:  # this process's first step: its start-up, the slowest rank's
+            memory.update({f"startup/{k}": v for k, v in self.startup.items()})
+            self.startup = None
         return step_metrics(
             batch, finished, stats, kl_ref, timer, memory, computed_tokens(batch, plan)
         )

@@ -116,6 +116,24 @@ def metrics(run_dir: Path, live: bool = False) -> list[dict]:
     return [json.loads(line) for line in lines if not live or line.endswith("}")]
 
 
+# Metrics that differ between two runs of the same numbers: seconds, rates, start-up.
+TIMINGS = ("time/", "perf/", "startup/")
+
+
+def history(rows: list[dict]) -> dict[int, dict[str, float]]:
+    """metrics.jsonl records merged per step, without TIMINGS and the "time" field; a metric
+    logged twice for one step is an error."""
+    out: dict[int, dict[str, float]] = {}
+    for row in rows:
+        row = dict(row)
+        step = row.pop("step")
+        row.pop("time", None)
+        clean = {k: v for k, v in row.items() if not k.startswith(TIMINGS)}
+        assert not set(clean) & set(out.get(step, {})), f"step {step} logged twice: {clean}"
+        out.setdefault(step, {}).update(clean)
+    return out
+
+
 def mlflow_client(run_dir: Path):
     """A client of the run folder's MLflow sqlite store."""
     from mlflow import MlflowClient  # slow to import: only tests that read MLflow pay for it
