@@ -1,0 +1,23 @@
+# Issue 13's figures on one H200 (after setup.sh), one call: the 0.5B GRPO step (DESIGN.md's
+# peer workload, cold start), the requeue path (warm caches, --resume), then variable response
+# lengths (32-512 tokens) padded vs padding-free. JSON + logs in $OUT; each JSON carries
+# startup_s (start-up by phase) and the step's phases.
+#   bash bench/gpu_host/speed.sh
+set -o pipefail
+export PYTHONPATH=$HOME/hpc-ppo-site:$PWD PYTHONUNBUFFERED=1
+S=/tmp/hpcppo/speed; B="python3 bench/step.py --out $S"; rm -rf $S/runs
+$B --timeout-s 240 --shape 0.5b --steps 6 --log $OUT/cold.log > $OUT/cold.json 2>&1
+echo "cold rc $? at ${SECONDS}s"
+R=$(ls -d $S/runs/gpu-step-* | head -1)
+$B --timeout-s 150 --resume $R --steps 2 --log $OUT/warm.log > $OUT/warm.json 2>&1
+echo "warm rc $? at ${SECONDS}s"
+$B --timeout-s $(((575 - SECONDS) / 2)) --shape 0.5b --steps 4 --lengths 32:512 --compare-padding \
+  --log $OUT/varlen.log > $OUT/varlen.json 2>&1
+echo "varlen rc $? at ${SECONDS}s"
+for f in cold warm varlen; do echo "== $f"; python3 -c "
+import json, sys
+d = json.load(open('$OUT/$f.json'))
+for r in ([d] if 'median' in d else [d['padded'], d['packed']]):
+    print({k: r[k] for k in ('launch_to_first_step_s', 'first_step_s', 'startup_s', 'train_tokens_per_s', 'padding_fraction', 'actor_mfu', 'logprob_gap_last')})
+    print(r['median'])
+" 2>&1 | tail -6; done
