@@ -72,7 +72,8 @@ def attention(
     cu = kwargs.get("cu_seq_lens_q")
     if cu is None and attention_mask is None and query.shape[0] == 1 and query.shape[2] > 1:
         cu = cu_seq_lens(kwargs.get("position_ids"))  # packed without the lengths: find them
-    if cu is None or attention_mask is not None or dropout > 0.0:
+    windowed = kwargs.get("sliding_window") is not None  # a sliding-window layer: sdpa's mask
+    if cu is None or attention_mask is not None or dropout > 0.0 or windowed:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )

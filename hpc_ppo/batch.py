@@ -290,23 +290,26 @@ def policy_forward(
     Only the positions that predict a response token go through the LM head
     (`logits_to_keep`): with a 150k-token vocabulary the prompt positions' logits are most of
     the head's work and all of its memory. Packed: exactly the real response tokens; padded:
-    the last R+1 positions. `entropy_grad=False` computes the entropy for logging only (no
-    backward graph). Both are [rows, R], zero past each row's response.
+    the R positions from the last prompt token on. `entropy_grad=False` computes the entropy
+    for logging only (no backward graph). Both are [rows, R]; past a row's response they are
+    zero when packed and meaningless when padded (callers mask them).
     """
     pk = batch.packed
     if pk is not None:
         out = model(**pk.model_inputs(), logits_to_keep=pk.targets)
         logits, labels = out.logits[0], pk.labels  # [N, V], [N]
     else:
-        width = batch["responses"].shape[1]
+        p, width = batch.prompt_width, batch["responses"].shape[1]
+        ids = batch["input_ids"]
         out = model(
-            input_ids=batch["input_ids"],
+            input_ids=ids,
             attention_mask=batch["attention_mask"],
             position_ids=batch["position_ids"],
             use_cache=False,
-            logits_to_keep=width + 1,
+            # positions P-1 .. P+R-2 exactly: the logits come out contiguous, no copy
+            logits_to_keep=torch.arange(p - 1, p - 1 + width, device=ids.device),
         )
-        logits, labels = out.logits[:, :width], batch["responses"]
+        logits, labels = out.logits, batch["responses"]
     # float32 math in chunks, without float32 copies of the logits kept for the backward
     logprobs, entropy = logprobs_and_entropy(logits, labels, temperature)
     if not with_entropy:

@@ -136,3 +136,21 @@ def test_auto_picks_flash_attn_on_a_gpu_that_has_it_and_varlen_elsewhere(monkeyp
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object())  # flash-attn
     assert attn_implementation(ModelConfig()) == "flash_attention_2"
     assert attn_implementation(ModelConfig(attn_implementation="varlen")) == attention.NAME
+
+
+def test_a_sliding_window_layer_keeps_sdpa(monkeypatch):
+    """A packed micro-batch in a sliding-window layer (Qwen2 with use_sliding_window) goes to
+    sdpa, whose mask carries the window; the varlen path has none."""
+    calls = []
+    monkeypatch.setattr(attention, "varlen", lambda *a, **k: calls.append(1))
+    sdpa = []
+    monkeypatch.setattr(
+        "transformers.integrations.sdpa_attention.sdpa_attention_forward",
+        lambda *a, **k: sdpa.append(k.get("sliding_window")) or (None, None),
+    )
+    q = torch.zeros(1, 2, 5, 4)
+    cu = torch.tensor([0, 2, 5], dtype=torch.int32)
+    module = torch.nn.Module()
+    attention.attention(module, q, q, q, None, cu_seq_lens_q=cu, sliding_window=3)
+    attention.attention(module, q, q, q, None, cu_seq_lens_q=cu)
+    assert sdpa == [3] and calls == [1]
