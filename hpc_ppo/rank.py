@@ -27,7 +27,7 @@ from hpc_ppo.preempt import (  # standard library only
     save_on_stop,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("hpc_ppo.rank")  # by name: this module runs as __main__
 USER_CODE_EXIT = 3  # a user function failed; its one-line report is in RUN_DIR/LAST_ERROR
 LAST_ERROR = "last_error"
 
@@ -47,7 +47,7 @@ def main(run_dir: str | Path, stop: StopFlag) -> int:
     from hpc_ppo.errors import ConfigError, PeerFailed, UserCodeError
     from hpc_ppo.metrics import process_age
     from hpc_ppo.rank_env import resolve_rank_env
-    from hpc_ppo.runlog import setup_logging
+    from hpc_ppo.runlog import setup_logging, to_run_log
 
     # Start-up seconds by phase (logged by the trainer, and as startup/* with the first step).
     startup = {"interpreter_and_imports": process_age() or 0.0}
@@ -88,12 +88,15 @@ def main(run_dir: str | Path, stop: StopFlag) -> int:
         if not finished:
             _after_stop(env.rank, run_dir)
     except ConfigError as e:  # bad input only a rank can see (a checkpoint of another shape)
-        print(f"error: rank {env.rank}: {e}", file=sys.stderr, flush=True)
+        line = f"error: rank {env.rank}: {e}"
+        print(line, file=sys.stderr, flush=True)
+        to_run_log(log, line)
         return 2
     except UserCodeError as e:  # a reward function failed: every rank stopped together
         traceback.print_exc()  # the whole story in this rank's log; then the one line
         line = f"error: rank {env.rank}: {e}"
         print(line, file=sys.stderr, flush=True)
+        to_run_log(log, line, with_traceback=True)  # and both in RUN_DIR/run.log
         atomic_write_text(run_dir / LAST_ERROR, line + "\n")  # the launcher's last line
         return USER_CODE_EXIT
     except PeerFailed:  # another rank reports it; the newest checkpoint is kept as it was

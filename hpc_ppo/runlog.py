@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -60,3 +61,21 @@ def setup_logging(run_dir: Path, rank: int, environ: Mapping[str, str] | None = 
     root.setLevel(level)
     logging.captureWarnings(True)  # Python warnings (a library's deprecation) land here too
     return path
+
+
+def to_run_log(logger: logging.Logger, message: str, with_traceback: bool = False) -> None:
+    """An ERROR record in RUN_DIR/run.log only: for what the caller already printed to stderr
+    in its own words (the one-line errors a rank ends with), so the log keeps them too. With
+    `with_traceback`, the exception being handled goes with it."""
+    record = logger.makeRecord(
+        logger.name,
+        logging.ERROR,
+        "(rank)",
+        0,
+        message,
+        None,
+        sys.exc_info() if with_traceback else None,
+    )
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, "_hpc_ppo", False) and isinstance(handler, logging.FileHandler):
+            handler.handle(record)

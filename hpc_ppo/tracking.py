@@ -296,18 +296,35 @@ class Tracker:
         self._client = client
 
     def _send(self, kind: str, items: list, n: int) -> None:
-        """log_batch in chunks of MLflow's limit; a chunk it rejects as invalid is dropped."""
+        """log_batch in chunks of MLflow's limit. MLflow rejects a whole chunk for one invalid
+        item (a metric name it does not allow): the chunk is then sent item by item, and only
+        the rejected items are dropped (the run folder keeps them)."""
+        for i in range(0, len(items), n):
+            chunk = items[i : i + n]
+            error = self._log_batch(kind, chunk)
+            if error is not None:
+                bad = [x for x in chunk if self._log_batch(kind, [x]) is not None]
+                shown = ", ".join(sorted({x.key for x in bad}))
+                log.error(
+                    "MLflow rejected %s %s, dropped (the run folder keeps them): %s",
+                    kind,
+                    shown or "(none alone)",
+                    error,
+                )
+            if kind == "metrics":  # progress survives a failure in a later chunk
+                self._mlflow_last.update((m.key, m.step) for m in chunk)
+
+    def _log_batch(self, kind: str, items: list) -> Exception | None:
+        """One log_batch; MLflow's rejection of invalid input returned, not raised."""
         from mlflow.exceptions import MlflowException
 
-        for i in range(0, len(items), n):
-            try:
-                self._client.log_batch(self._run_id, **{kind: items[i : i + n]})
-            except MlflowException as e:
-                if e.error_code != "INVALID_PARAMETER_VALUE":
-                    raise  # transient: retried with backoff
-                log.error("MLflow rejected %s, dropped (the run folder keeps them): %s", kind, e)
-            if kind == "metrics":  # progress survives a failure in a later chunk
-                self._mlflow_last.update((m.key, m.step) for m in items[i : i + n])
+        try:
+            self._client.log_batch(self._run_id, **{kind: items})
+        except MlflowException as e:
+            if e.error_code != "INVALID_PARAMETER_VALUE":
+                raise  # transient: retried with backoff
+            return e
+        return None
 
     def _sync_once(self) -> None:
         from mlflow.entities import Metric, Param, RunTag

@@ -171,3 +171,16 @@ def test_sqlite_store_appears_complete_or_not_at_all(tmp_path):
     before = store.stat().st_mtime_ns
     create_sqlite_store(store)  # an existing store is left alone
     assert store.stat().st_mtime_ns == before
+
+
+def test_one_rejected_metric_name_drops_only_itself(tmp_path: Path, caplog) -> None:
+    """MLflow rejects a whole batch for one invalid name; the others of the step still go."""
+    tracker = Tracker(tmp_path, None, "exp", "run")
+    with caplog.at_level(logging.ERROR):
+        tracker.log_metrics(0, {"loss": 1.0, "bad@name": 2.0, "reward/mean": 3.0})
+        tracker.log_metrics(1, {"loss": 4.0})
+        assert tracker.close(timeout_s=60)
+    assert _history(tmp_path, tracker.run_id, "loss") == [(0, 1.0), (1, 4.0)]
+    assert _history(tmp_path, tracker.run_id, "reward/mean") == [(0, 3.0)]
+    assert "MLflow rejected metrics bad@name, dropped" in caplog.text
+    assert metrics(tmp_path)[0]["bad@name"] == 2.0  # the run folder keeps it

@@ -51,6 +51,10 @@ def test_a_failing_reward_ends_in_one_line_and_keeps_the_checkpoint(tmp_path):
     # One report in the log above: the reward's own traceback chained to hpc-ppo's error.
     assert got.stderr.count("Traceback") == 2, got.stderr[-4000:]
     assert "The above exception was the direct cause" in got.stderr
+    # RUN_DIR/run.log keeps them: the line and the traceback
+    run_log = (got.run_dir / "run.log").read_text()
+    assert f"[rank 0] ERROR hpc_ppo.rank: {last}" in run_log
+    assert "Traceback" in run_log and "ValueError: no number after ####" in run_log
     for noise in ("Connection closed by peer", "gloo", "PeerFailed", "a rank exited"):
         assert noise not in got.stderr, noise
     # 64 calls a step per rank (32 prompts x 4 samples / 2 ranks): steps 0 and 1 are done.
