@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -220,11 +220,35 @@ def _decoder_layers(model: nn.Module) -> list[nn.Module]:
 def full_state_iter(
     model: nn.Module, dtype: torch.dtype | None = None
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Lazily gather each FSDP2 parameter (one full tensor at a time) under its HF name.
+    """Lazily gather the model's full parameters under their HF names, one FSDP2 unit at a
+    time: one all-gather per unit (a decoder layer; the root's embeddings, norm and head),
+    in the unit's compute dtype (bf16 under mixed precision, so a fp32 model needs no cast),
+    instead of one per parameter. Each tensor is valid until the next is asked for (the unit
+    is resharded after its last); consumers copy as they go (engines' push_weights).
 
-    Every rank must consume the whole iterator: `full_tensor()` is a collective.
+    Every rank must consume the whole iterator: the all-gathers are collectives.
     """
-    for name, param in model.named_parameters():
-        tensor = param.full_tensor() if hasattr(param, "full_tensor") else param
-        tensor = tensor.detach()
-        yield name, tensor.to(dtype) if dtype is not None else tensor
+    paths = {module: name for name, module in model.named_modules()}
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not units:  # not sharded (export, tests): the parameters as they are
+        for name, param in model.named_parameters():
+            yield name, _cast(param.detach(), dtype)
+        return
+    unit_paths = [paths[u] for u in units]
+    for unit in reversed(units):  # the layers, then the root
+        prefix = paths[unit]
+        inner = [p + "." for p in unit_paths if p != prefix and p.startswith(prefix)]
+        unit.unshard()
+        try:
+            for name, param in unit.named_parameters():
+                full = f"{prefix}.{name}" if prefix else name
+                if any(full.startswith(p) for p in inner):
+                    continue  # a child unit's, gathered with it
+                tensor = param.full_tensor() if hasattr(param, "full_tensor") else param
+                yield full, _cast(tensor.detach(), dtype)
+        finally:
+            unit.reshard()
+
+
+def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return tensor.to(dtype) if dtype is not None else tensor
