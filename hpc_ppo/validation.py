@@ -21,7 +21,8 @@ before the metrics and sent to MLflow under the artifact folder `val/` (tracking
 path once, and after a restart what an earlier job did not get to send).
 
 Metrics: `val/reward_mean`, `val/<source>/reward_mean` per data source, with
-`rollout.val_n` > 1 `val/pass_at_<k>` (pass@k; MLflow names cannot hold "@") for k = 1, 2, 4, ... and val_n (the unbiased estimator of
+`rollout.val_n` > 1 `val/pass_at_<k>` and `val/<source>/pass_at_<k>` (pass@k; MLflow names
+cannot hold "@") for k = 1, 2, 4, ... and val_n (the unbiased estimator of
 Chen et al. 2021; a sample passes when its reward >= `reward.pass_threshold`), and
 `time/validate`. Golden numbers: tests/test_validation.py.
 """
@@ -89,16 +90,22 @@ def validation_metrics(
     rewards: list[list[float]], sources: list[str], threshold: float
 ) -> dict[str, float]:
     """`rewards[i]`: the samples' rewards of prompt i, `sources[i]` its data source."""
-    flat = [r for rs in rewards for r in rs]
-    out = {"val/reward_mean": sum(flat) / len(flat)}
+    out = _scores("val/", rewards, threshold)
     for source in sorted(set(sources)):
-        mine = [r for rs, s in zip(rewards, sources, strict=True) if s == source for r in rs]
-        out[f"val/{source}/reward_mean"] = sum(mine) / len(mine)
+        mine = [rs for rs, s in zip(rewards, sources, strict=True) if s == source]
+        out.update(_scores(f"val/{source}/", mine, threshold))
+    return out
+
+
+def _scores(prefix: str, rewards: list[list[float]], threshold: float) -> dict[str, float]:
+    """reward_mean, and pass_at_<k> for more than one sample a prompt, of these prompts."""
+    flat = [r for rs in rewards for r in rs]
+    out = {f"{prefix}reward_mean": sum(flat) / len(flat)}
     n = len(rewards[0])
     if n > 1:
         passed = [sum(r >= threshold for r in rs) for rs in rewards]
         for k in pass_ks(n):
-            out[f"val/pass_at_{k}"] = sum(pass_at_k(n, c, k) for c in passed) / len(passed)
+            out[f"{prefix}pass_at_{k}"] = sum(pass_at_k(n, c, k) for c in passed) / len(passed)
     return out
 
 

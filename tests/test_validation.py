@@ -60,6 +60,13 @@ def test_metrics_per_source_and_pass_at_k():
             "val/pass_at_1": (1 / 4 + 0 + 2 / 4) / 3,
             "val/pass_at_2": (0.5 + 0 + (1 - 1 / 6)) / 3,
             "val/pass_at_4": 2 / 3,
+            # per source: a holds prompts 0 and 2, b prompt 1
+            "val/a/pass_at_1": (1 / 4 + 2 / 4) / 2,
+            "val/a/pass_at_2": (0.5 + (1 - 1 / 6)) / 2,
+            "val/a/pass_at_4": 1.0,
+            "val/b/pass_at_1": 0.0,
+            "val/b/pass_at_2": 0.0,
+            "val/b/pass_at_4": 0.0,
         }
     )
     assert "val/pass_at_1" not in validation_metrics([[1.0], [0.0]], ["a", "a"], 1.0)
