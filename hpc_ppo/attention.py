@@ -16,6 +16,7 @@ sequence) goes to sdpa, unchanged.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -103,7 +104,7 @@ def varlen(
     if kernel is None or query.device.type not in KERNEL_DEVICES:
         return _row_by_row(query, key, value, cu, scale)
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, H, D]
-    params = inspect.signature(kernel).parameters
+    params = _parameters(kernel)
     options: dict[str, Any] = {}
     if "scale" in params:
         options["scale"] = scale
@@ -124,6 +125,13 @@ def varlen(
         q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, max_len, max_len, **options
     )
     return out.unsqueeze(0)
+
+
+@functools.lru_cache(maxsize=4)
+def _parameters(kernel: Any) -> frozenset[str]:
+    """The kernel's keyword names (its signature changed across torch releases); read once,
+    not in every layer's forward."""
+    return frozenset(inspect.signature(kernel).parameters)
 
 
 def _row_by_row(query: Tensor, key: Tensor, value: Tensor, cu: Tensor, scale: float | None):

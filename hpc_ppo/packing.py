@@ -29,7 +29,7 @@ class Packed:
     targets: Tensor  # [N]: the position whose logits predict each response token, row-major
     labels: Tensor  # [N]: those response tokens
     mask: Tensor  # [rows, R] bool: where the N values go in the padded layout
-    placeholder: bool  # no row has a response token: one dummy target keeps the graph whole
+    no_response: bool  # no row has a response token: one dummy target keeps the graph whole
     cu_seq_lens: Tensor  # [kept rows + 1] int32: where each row starts in T, then T
     max_len: int  # the longest kept row
 
@@ -54,7 +54,7 @@ class Packed:
     def unpack(self, flat: Tensor) -> Tensor:
         """[N] values -> [rows, R] (zeros where there is no response token), differentiably."""
         out = flat.new_zeros(self.mask.shape)
-        if self.placeholder:  # still connected to the forward pass, so backward reaches every
+        if self.no_response:  # still connected to the forward pass, so backward reaches every
             return out + 0.0 * flat.sum()  # FSDP unit (each rank runs the same collectives)
         return out.masked_scatter(self.mask, flat)
 
@@ -69,9 +69,9 @@ def pack(
     resp = response_mask.bool()
     prompt_len = attn[:, :prompt_width].sum(-1)
     resp_len = resp.sum(-1)
-    placeholder = not bool(resp_len.any())
+    no_response = not bool(resp_len.any())
     keep = resp_len > 0
-    if placeholder:
+    if no_response:
         keep = torch.zeros_like(keep)
         keep[0] = True
     tokens = attn & keep[:, None]
@@ -80,7 +80,7 @@ def pack(
     # the logits at row i's position p_i - 1 + j predict its response token j
     cols = torch.arange(resp.shape[1], device=attn.device)
     where = start[:, None] + prompt_len[:, None] - 1 + cols[None, :]
-    if placeholder:
+    if no_response:
         targets = where[0, :1]  # row 0's last prompt position; any label will do
         labels = input_ids[0, prompt_width - 1 : prompt_width]
     else:
@@ -95,7 +95,7 @@ def pack(
         targets=targets,
         labels=labels,
         mask=resp,
-        placeholder=placeholder,
+        no_response=no_response,
         cu_seq_lens=cu,
         max_len=int(kept.max()),
     )

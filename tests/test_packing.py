@@ -110,7 +110,7 @@ def test_a_micro_batch_without_response_tokens_still_runs_backward_on_fsdp():
         (_, micro), *_ = micro_batches(
             batch, plan_micro_batches(batch, MicroBatching(4, None, True))
         )
-        assert micro.packed is not None and micro.packed.placeholder
+        assert micro.packed is not None and micro.packed.no_response
         logprobs, _ = policy_forward(policy, micro, 1.0)
         assert logprobs.shape == (2, 1) and not logprobs.any()
         logprobs.sum().backward()

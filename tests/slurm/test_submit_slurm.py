@@ -44,6 +44,24 @@ def logged_steps(run_dir: Path) -> list[int]:
     return sorted(r["step"] for r in metrics(run_dir, live=True) if "reward/mean" in r)
 
 
+def wait_for_a_step(run_dir: Path) -> None:
+    """Until the job has logged a step (then a stop request has something to save)."""
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not (run_dir / "metrics.jsonl").is_file() or not logged_steps(run_dir):
+        assert time.monotonic() < deadline, "no step logged"
+        time.sleep(0.2)
+
+
+def assert_completed_after_one_restart(cluster, job_id: str, run_dir: Path, steps: int) -> None:
+    """COMPLETED after one requeue: both starts in one appended log, each step logged once."""
+    state = cluster.wait_job(int(job_id), timeout=JOB_TIMEOUT_S)
+    log0 = (run_dir / "slurm" / f"{job_id}_0_log.out").read_text()
+    assert state == "COMPLETED", log0
+    assert cluster.job_info(int(job_id))["Restarts"] == "1"
+    assert log0.count("hpc-ppo: rank 0 of 2 on n1") == 2
+    assert logged_steps(run_dir) == list(range(steps))
+
+
 def mlflow_runs(run_dir: Path) -> list:
     return helpers.mlflow_runs(run_dir)[1]
 
@@ -150,17 +168,9 @@ def test_submitted_job_stops_on_usr2_requeues_and_resumes(slurm_cluster, tmp_pat
     )
     assert proc.returncode == 0, proc.stderr
     job_id, run_dir = field(proc.stdout, "job_id"), Path(field(proc.stdout, "run_dir"))
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while not (run_dir / "metrics.jsonl").is_file() or not logged_steps(run_dir):
-        assert time.monotonic() < deadline, "no step logged"
-        time.sleep(0.2)
+    wait_for_a_step(run_dir)
     slurm_cluster.run(["scancel", "--signal=USR2", job_id])
-    state = slurm_cluster.wait_job(int(job_id), timeout=JOB_TIMEOUT_S)
-    log0 = (run_dir / "slurm" / f"{job_id}_0_log.out").read_text()
-    assert state == "COMPLETED", log0
-    assert slurm_cluster.job_info(int(job_id))["Restarts"] == "1"
-    assert log0.count("hpc-ppo: rank 0 of 2 on n1") == 2  # both runs, one appended log
-    assert logged_steps(run_dir) == list(range(8))  # each step once, across the restart
+    assert_completed_after_one_restart(slurm_cluster, job_id, run_dir, steps=8)
     st = hpc_ppo(slurm_cluster, "status", job_id, "--output-dir", str(tmp_path / "runs"))
     assert field(st.stdout, "restarts") == "1"
     assert field(st.stdout, "last_step").startswith("7 (8 of 8 steps logged)")
@@ -185,10 +195,7 @@ def test_yaml_edited_before_a_requeue_changes_nothing(slurm_cluster, tmp_path, l
         job_id = field(proc.stdout, "job_id")
     run_dir = Path(field(proc.stdout, "run_dir"))
     assert run_dir.parent == out and run_dir.name.startswith("exp-20")  # one naming for both
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while not (run_dir / "metrics.jsonl").is_file() or not logged_steps(run_dir):
-        assert time.monotonic() < deadline, "no step logged"
-        time.sleep(0.2)
+    wait_for_a_step(run_dir)
     config.write_text(
         Path(TINY)
         .read_text()
@@ -196,12 +203,8 @@ def test_yaml_edited_before_a_requeue_changes_nothing(slurm_cluster, tmp_path, l
         .replace("lr: 1.0e-3", "lr: 0.5")
     )
     slurm_cluster.run(["scontrol", "requeue", job_id])
-    state = slurm_cluster.wait_job(int(job_id), timeout=JOB_TIMEOUT_S)
-    log0 = (run_dir / "slurm" / f"{job_id}_0_log.out").read_text()
-    assert state == "COMPLETED", log0
-    assert slurm_cluster.job_info(int(job_id))["Restarts"] == "1"
-    assert log0.count("hpc-ppo: rank 0 of 2 on n1") == 2  # both starts, one appended log
-    assert logged_steps(run_dir) == list(range(6))  # the submitted total_steps, each step once
+    # the submitted total_steps, not the edited one
+    assert_completed_after_one_restart(slurm_cluster, job_id, run_dir, steps=6)
     from hpc_ppo.config import load_config
 
     saved = load_config(run_dir / "config.yaml")
