@@ -238,6 +238,9 @@ def full_state_iter(
     for unit in reversed(units):  # the layers, then the root
         prefix = paths[unit]
         inner = [p + "." for p in unit_paths if p != prefix and p.startswith(prefix)]
+        # A forward without backward leaves the root unsharded, and its unsharded copy goes
+        # stale once the optimizer steps the shards; unshard() would then gather nothing.
+        unit.reshard()
         unit.unshard()
         try:
             for name, param in unit.named_parameters():

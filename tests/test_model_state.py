@@ -30,3 +30,22 @@ def test_unit_by_unit_gather_equals_the_unsharded_model(mixed_bf16):
         assert torch.equal(tensor, want[name].to(torch.bfloat16)), name
     assert all(hasattr(p, "full_tensor") for p in sharded.parameters())  # resharded
     assert sorted(again) == sorted(want)
+
+
+@pytest.mark.parametrize("mixed_bf16", [False, True])
+def test_gather_after_a_no_grad_forward_sees_the_updated_weights(mixed_bf16):
+    """FSDP2 leaves the root unit (embeddings, final norm, head) unsharded after a forward
+    without backward (old log-probs, validation scoring); an optimizer step then changes the
+    sharded parameters only. The push must gather those, not the stale unsharded copy."""
+    plain = load_policy(load_config(TINY).model, tiny_tokenizer(), seed=0)
+    with gloo_rank():
+        sharded = shard(copy.deepcopy(plain), torch.device("cpu"), mixed_bf16)
+        shards = list(sharded.parameters())  # the DTensors the optimizer holds
+        with torch.no_grad():
+            sharded(input_ids=torch.tensor([[3, 4, 5]]))
+            for param in shards:
+                param.to_local().add_(0.25)  # what optimizer.step() does to the shards
+        got = {name: tensor.clone() for name, tensor in full_state_iter(sharded)}
+    dtype = torch.bfloat16 if mixed_bf16 else torch.float32
+    for name, param in plain.named_parameters():
+        assert torch.equal(got[name], (param.detach() + 0.25).to(dtype)), name
