@@ -11,6 +11,7 @@ runs the same sharded code as the GPU path.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from transformers import (
 from hpc_ppo import attention
 from hpc_ppo.config import BUILTIN_TINY_MODEL, ModelConfig
 from hpc_ppo.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 TINY_SPECIALS = ["<pad>", "<eos>", "<unk>"]
 TINY_CHARS = string.ascii_lowercase + string.digits + " :=#.,+-*/?!"
@@ -123,6 +126,28 @@ def attn_implementation(mc: ModelConfig) -> str:
     if choice == "varlen":
         return attention.register()
     return choice
+
+
+# Implementations that read a packed micro-batch's rows by their bounds (attention.py,
+# flash-attn); sdpa and eager build a [T, T] mask and attend over every pair of its T tokens.
+PACKED_ROW_ATTENTION = ("auto", "varlen", "flash_attention_2")
+
+
+def padding_free(choice: bool | None, mc: ModelConfig, device: torch.device) -> bool:
+    """`trainer.padding_free`; null: on a GPU whose attention reads packed rows by their
+    bounds. Not on the CPU (packed rows measured slower there: docs/PERFORMANCE.md), nor under
+    sdpa or eager, where a packed micro-batch of 16 equal rows costs 16 times the attention
+    work of the padded one (every pair of its tokens, under a [T, T] mask)."""
+    if choice is not None:
+        if choice and mc.attn_implementation not in PACKED_ROW_ATTENTION:
+            log.warning(
+                "trainer.padding_free=true under model.attn_implementation=%s: each packed "
+                "micro-batch of T tokens gets a [T, T] mask and attention over all T x T "
+                "pairs, slower than padding; use model.attn_implementation=auto",
+                mc.attn_implementation,
+            )
+        return choice
+    return device.type == "cuda" and mc.attn_implementation in PACKED_ROW_ATTENTION
 
 
 def load_policy(mc: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> nn.Module:

@@ -35,7 +35,7 @@ from hpc_ppo.data import Prompt, encode_prompt, load_prompts, task_prompts
 from hpc_ppo.dist import agree_on_failure
 from hpc_ppo.logprobs import old_ref_logprobs_and_values
 from hpc_ppo.metrics import PhaseTimer, gpu_memory, step_metrics
-from hpc_ppo.model import build_models, build_tokenizer, full_state_iter
+from hpc_ppo.model import build_models, build_tokenizer, full_state_iter, padding_free
 from hpc_ppo.preempt import StopFlag, save_on_stop
 from hpc_ppo.reward import resolve_rewards, score_samples
 from hpc_ppo.rollout.base import SamplingSpec
@@ -102,9 +102,7 @@ class Trainer:
             self.models = build_models(
                 cfg.model, self.tokenizer, t.seed, device, a.kl_coef > 0, a.name == "ppo"
             )
-        # Padding-free by default on a GPU only: on the CPU default, packed rows measured
-        # slower (docs/PERFORMANCE.md), its per-row attention calls outweighing the padding.
-        packed = t.padding_free if t.padding_free is not None else device.type == "cuda"
+        packed = padding_free(t.padding_free, cfg.model, device)
         self.micro = MicroBatching(t.micro_batch_size, t.max_tokens_per_micro_batch, packed)
         self.optim = Optimization(
             a,

@@ -138,6 +138,36 @@ def test_auto_picks_flash_attn_on_a_gpu_that_has_it_and_varlen_elsewhere(monkeyp
     assert attn_implementation(ModelConfig(attn_implementation="varlen")) == attention.NAME
 
 
+@pytest.mark.parametrize(
+    ("choice", "attn", "device", "packed"),
+    [
+        (None, "auto", "cuda", True),
+        (None, "varlen", "cuda", True),
+        (None, "flash_attention_2", "cuda", True),
+        (None, "sdpa", "cuda", False),  # a [T, T] mask over the packed micro-batch: padded
+        (None, "eager", "cuda", False),
+        (None, "auto", "cpu", False),  # row-by-row attention measured slower on the CPU
+        (True, "auto", "cpu", True),  # an explicit choice stands
+        (False, "auto", "cuda", False),
+    ],
+)
+def test_padding_free_default_follows_device_and_attention(choice, attn, device, packed):
+    from hpc_ppo.config import ModelConfig
+    from hpc_ppo.model import padding_free
+
+    got = padding_free(choice, ModelConfig(attn_implementation=attn), torch.device(device))
+    assert got is packed
+
+
+def test_padding_free_under_sdpa_is_kept_with_a_warning(caplog):
+    from hpc_ppo.config import ModelConfig
+    from hpc_ppo.model import padding_free
+
+    with caplog.at_level("WARNING", logger="hpc_ppo.model"):
+        assert padding_free(True, ModelConfig(attn_implementation="sdpa"), torch.device("cuda"))
+    assert "model.attn_implementation=auto" in caplog.text and "[T, T]" in caplog.text
+
+
 def test_a_sliding_window_layer_keeps_sdpa(monkeypatch):
     """A packed micro-batch in a sliding-window layer (Qwen2 with use_sliding_window) goes to
     sdpa, whose mask carries the window; the varlen path has none."""

@@ -220,7 +220,8 @@ class TrainerConfig:
     padding_free: bool | None = _spec(
         None,
         doc="run micro-batches as packed sequences, no pad token computed (model."
-        "attn_implementation=auto: varlen kernels); null: on a GPU, off on the CPU (slower there)",
+        "attn_implementation=auto: varlen kernels); null: on a GPU under auto, varlen or"
+        " flash_attention_2; off on the CPU and under sdpa or eager (slower there)",
     )
     defer_grad_reduce: bool = _spec(
         True,
