@@ -18,7 +18,7 @@ stage)
   du -sh $dst/p* | tr '\n' ' '; echo; echo "$((i - 1)) calls, one per part" ;;
 install)
   t0=$(date +%s)
-  cd ~/gb && PYTHON=python3 sh install.sh --target $HOME/hpc-ppo-site --no-compile -q
+  cd ~/gb && PYTHON=python3 sh install.sh --target $HOME/hpc-ppo-site -q  # with .pyc, as a user's install: cold starts measure no byte-compiling
   touch $HOME/hpc-ppo-site/.done
   echo "install took $(( $(date +%s) - t0 )) s; $(ls ~/gb/wheels | wc -l) wheels, $(du -sh ~/gb/wheels | cut -f1)" ;;
 *) echo "usage: $0 stage BUNDLE_DIR | install" >&2; exit 2 ;;

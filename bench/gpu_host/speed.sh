@@ -6,14 +6,15 @@
 set -o pipefail
 export PYTHONPATH=$HOME/hpc-ppo-site:$PWD PYTHONUNBUFFERED=1
 S=/tmp/hpcppo/speed; B="python3 bench/step.py --out $S"; rm -rf $S/runs
-$B --timeout-s 240 --shape 0.5b --steps 6 --log $OUT/cold.log > $OUT/cold.json 2>&1
-echo "cold rc $? at ${SECONDS}s"
+E=/tmp/hpcppo/speed-stderr; mkdir -p $E  # stderr apart: the JSON files stay JSON
+$B --timeout-s 260 --shape 0.5b --steps 6 --log $OUT/cold.log > $OUT/cold.json 2> $E/cold
+echo "cold rc $? at ${SECONDS}s"; tail -3 $E/cold
 R=$(ls -d $S/runs/gpu-step-* | head -1)
-$B --timeout-s 150 --resume $R --steps 2 --log $OUT/warm.log > $OUT/warm.json 2>&1
-echo "warm rc $? at ${SECONDS}s"
+$B --timeout-s 150 --resume $R --steps 2 --log $OUT/warm.log > $OUT/warm.json 2> $E/warm
+echo "warm rc $? at ${SECONDS}s"; tail -3 $E/warm
 $B --timeout-s $(((575 - SECONDS) / 2)) --shape 0.5b --steps 4 --lengths 32:512 --compare-padding \
-  --log $OUT/varlen.log > $OUT/varlen.json 2>&1
-echo "varlen rc $? at ${SECONDS}s"
+  --log $OUT/varlen.log > $OUT/varlen.json 2> $E/varlen
+echo "varlen rc $? at ${SECONDS}s"; tail -3 $E/varlen
 for f in cold warm varlen; do echo "== $f"; python3 -c "
 import json, sys
 d = json.load(open('$OUT/$f.json'))

@@ -92,6 +92,14 @@ def bound_gpu_env():
 
 
 @pytest.fixture(scope="session")
+def vllm_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """`rollout.cache_dir=...` shared by the runs of the session: vLLM compiles each model
+    shape once (a cold engine start took 76 s, a warm one 29 s), not in every test's own
+    output folder. The default folder is checked by test_vllm_engine.py and test_tp2.py."""
+    return f"rollout.cache_dir={tmp_path_factory.mktemp('vllm-cache')}"
+
+
+@pytest.fixture(scope="session")
 def local_env() -> dict[str, str]:
     """The environment for `hpc-ppo run` children: no inherited rank or Slurm variables."""
     return _rank_env_without_torchrun()

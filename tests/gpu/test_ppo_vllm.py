@@ -17,9 +17,10 @@ def run_cli(env: dict, *args: str, timeout: int) -> tuple[Path, list[dict]]:
     return run_dir, [r for r in metrics(run_dir) if "reward/mean" in r]
 
 
-def test_three_ppo_steps_on_a_qwen05b_shape(model_dir, tmp_path, local_env):
+def test_three_ppo_steps_on_a_qwen05b_shape(model_dir, tmp_path, local_env, vllm_cache):
     run_dir, rows = run_cli(
         local_env,
+        vllm_cache,
         str(CONFIGS / "gpu-smoke-0.5b.yaml"),
         f"model.path={model_dir}",
         f"trainer.output_dir={tmp_path}",
@@ -35,13 +36,14 @@ def test_three_ppo_steps_on_a_qwen05b_shape(model_dir, tmp_path, local_env):
         assert r["perf/gen_tokens_per_s"] > 0
 
 
-def test_builtin_tiny_model_with_async_saves_and_token_budget(tmp_path, local_env):
+def test_builtin_tiny_model_with_async_saves_and_token_budget(tmp_path, local_env, vllm_cache):
     """The CPU default (head_dim 16) through vLLM: the engine writes its config.json. Two
     steps with micro-batches packed by a token budget and async checkpoints of state that
     lives on the GPU (staged to CPU, written by DCP's thread on a gloo group of its own)."""
     run_dir, rows = run_cli(
         local_env,
         TINY,
+        vllm_cache,
         "rollout.engine=vllm",
         "trainer.device=cuda",
         "rollout.enforce_eager=true",

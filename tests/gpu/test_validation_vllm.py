@@ -15,9 +15,10 @@ from helpers import REPO
 from test_ppo_vllm import run_cli
 
 
-def test_validation_through_vllm_greedy_and_sampled(tmp_path, local_env):
+def test_validation_through_vllm_greedy_and_sampled(tmp_path, local_env, vllm_cache):
     common = [
         str(REPO / "configs/tiny-verl.yaml"),
+        vllm_cache,
         "rollout.engine=vllm",
         "trainer.device=cuda",
         "rollout.enforce_eager=true",
