@@ -37,6 +37,7 @@ from hpc_ppo.logprobs import old_ref_logprobs_and_values
 from hpc_ppo.metrics import PhaseTimer, gpu_memory, step_metrics
 from hpc_ppo.model import build_models, build_tokenizer, full_state_iter, padding_free
 from hpc_ppo.preempt import StopFlag, save_on_stop
+from hpc_ppo.profiling import profiled
 from hpc_ppo.reward import resolve_rewards, score_samples
 from hpc_ppo.rollout.base import SamplingSpec
 from hpc_ppo.rollout.cycle import rollout
@@ -168,7 +169,8 @@ class Trainer:
         while done < t.total_steps and not self.stop.agreed():
             if not self.validate(done):  # step `done`'s validation, before it trains
                 break
-            metrics = self.train_step(done)
+            with profiled(done in t.profile_steps, self.run_dir / "profile", done, self.rank):
+                metrics = self.train_step(done)
             if metrics is None:  # stop requested mid-rollout: the step was abandoned
                 break
             done += 1

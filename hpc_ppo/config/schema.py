@@ -239,6 +239,11 @@ class TrainerConfig:
     val_sample_prompts: int = _spec(
         16, ge=0, doc="prompts whose responses each validation writes to val/step_<N>.jsonl"
     )
+    profile_steps: list[int] = _spec(
+        factory=list,
+        doc="steps run under torch.profiler: operator tables and a Chrome trace in"
+        " <run dir>/profile (e.g. [2]; a profiled step runs slower)",
+    )
     save_every: int = _spec(0, ge=0, doc="checkpoint every N steps (0: only at the end / on stop)")
     keep_checkpoints: int = _spec(2, ge=2, doc="complete checkpoints kept")
     async_save: bool = _spec(False, doc="write periodic checkpoints in a background thread")

@@ -129,6 +129,12 @@ def _check_cross_fields(cfg: Config, errors: list[str], check_paths: bool) -> No
         errors.append(
             f"rollout.n={r.n}: GRPO needs at least 2 samples per prompt to normalise by group"
         )
+    late = [s for s in t.profile_steps if not 0 <= s < t.total_steps]
+    if late:
+        errors.append(
+            f"trainer.profile_steps={list(t.profile_steps)}: steps {late} never run (steps are"
+            f" 0 .. {t.total_steps - 1} with trainer.total_steps={t.total_steps}); drop them"
+        )
     if r.forced_lengths is not None:
         lo, hi = r.forced_lengths
         if not 1 <= lo <= hi <= r.max_new_tokens:

@@ -173,6 +173,13 @@ def test_forced_lengths_must_fit_max_new_tokens(lengths, tiny, errors_of):
     assert ok.rollout.forced_lengths == (1, 10)
 
 
+def test_profile_steps_must_be_steps_that_run(tiny, errors_of):
+    (line,) = errors_of(tiny, ["trainer.profile_steps=[1,4,-1]", "trainer.total_steps=4"])
+    assert line.startswith("trainer.profile_steps=[1, 4, -1]") and "[4, -1] never run" in line
+    assert "0 .. 3" in line
+    assert load_config(tiny, ["trainer.profile_steps=[3]"]).trainer.profile_steps == [3]
+
+
 def test_synthetic_min_len_above_max_len(tiny, errors_of):
     (line,) = errors_of(tiny, ["data.synthetic.max_len=6", "data.synthetic.min_len=7"])
     assert "data.synthetic.min_len=7" in line and "data.synthetic.max_len=6" in line
