@@ -311,10 +311,8 @@ def policy_forward(
         )
         logits, labels = out.logits, batch["responses"]
     # float32 math in chunks, without float32 copies of the logits kept for the backward
-    logprobs, entropy = logprobs_and_entropy(logits, labels, temperature)
-    if not with_entropy:
-        entropy = None
-    elif not entropy_grad:
+    logprobs, entropy = logprobs_and_entropy(logits, labels, temperature, entropy=with_entropy)
+    if entropy is not None and not entropy_grad:
         entropy = entropy.detach()
     if pk is not None:
         logprobs = pk.unpack(logprobs)

@@ -94,3 +94,16 @@ def test_no_gradient_when_neither_output_is_used():
     lp, ent = logprobs_and_entropy(z, torch.tensor([0, 1, 2]))
     (lp.detach().sum() + 0 * z.sum()).backward()
     assert not z.grad.any()
+
+
+def test_without_entropy_the_log_probs_and_their_gradient_are_the_same():
+    """entropy=False (old and reference log-probs): None for the entropy, nothing else moves."""
+    logits, labels = _data((3, 4), 20, seed=5)
+    out = []
+    for entropy in (True, False):
+        z = logits.clone().requires_grad_()
+        lp, ent = logprobs_and_entropy(z, labels, 0.9, 5, entropy=entropy)
+        assert (ent is None) == (not entropy)
+        (lp * torch.arange(12.0).view(3, 4)).sum().backward()
+        out.append((lp.detach(), z.grad))
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
