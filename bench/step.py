@@ -257,7 +257,9 @@ def measure(a: argparse.Namespace, out: Path, extra: list[str], log: Path | None
     resolved = json.loads(
         json.dumps(__import__("yaml").safe_load((run_dir / "config.yaml").read_text()))
     )
-    warm = rows[1:] or rows
+    # Medians leave out the first step (JIT, first push) and profiled ones (profiler overhead).
+    profiled = set(resolved["trainer"].get("profile_steps") or [])
+    warm = [r for r in rows[1:] if r["step"] not in profiled] or rows
     med = {
         k: round(statistics.median(r[k] for r in warm if k in r), 4)
         for k in sorted({k for r in warm for k in r})
@@ -320,6 +322,8 @@ def measure(a: argparse.Namespace, out: Path, extra: list[str], log: Path | None
         "logprob_gap_last": rows[-1]["actor/logprob_gap"],
         "run_dir": str(run_dir),
         "log": str(log_path),
+        "profiled_steps": sorted(profiled),
+        "profiles": [str(f) for f in sorted((run_dir / "profile").glob("*.txt"))],
     }
 
 
