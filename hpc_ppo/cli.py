@@ -11,28 +11,21 @@
 Exit codes: 0 success, 2 bad input (nothing was started), otherwise the failing rank's code;
 submit: 1 when Slurm refuses the job (its run folder is removed again); doctor: 2 when a check
 fails (0 with warnings); bundle: 1 when pip finds no wheel or no resolution for the target (no
-folder is left).
+folder is left). The Slurm commands live in launch/commands.py, bundle's in bundle/command.py,
+the run folder's rules in run_folder.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-from hpc_ppo.config import (
-    LAUNCHERS,
-    RESUMABLE_KEYS,
-    Config,
-    Launcher,
-    dump_yaml,
-    flatten,
-    load_config,
-    save_config,
-    to_dict,
-)
-from hpc_ppo.errors import ConfigError
+from hpc_ppo.bundle.command import add_parser as add_bundle_parser
+from hpc_ppo.config import LAUNCHERS, Config, Launcher, dump_yaml, load_config
+from hpc_ppo.errors import ConfigError, print_config_errors
+from hpc_ppo.launch.commands import add_parsers as add_slurm_parsers
+from hpc_ppo.run_folder import new_run_dir, resume_config
 
 
 def _load(args: argparse.Namespace, launcher: Launcher | None) -> Config | None:
@@ -40,57 +33,8 @@ def _load(args: argparse.Namespace, launcher: Launcher | None) -> Config | None:
     try:
         return load_config(args.config, args.overrides, launcher=launcher)
     except ConfigError as e:
-        _print_errors(args.config, e, launcher)
+        print_config_errors(args.config, e, launcher)
         return None
-
-
-def _print_errors(config: str, e: ConfigError, launcher: Launcher | None) -> None:
-    where = " for Slurm" if launcher == "slurm" else ""
-    print(f"error: {config}: invalid configuration{where}", file=sys.stderr)
-    for line in str(e).splitlines():
-        print(f"  {line}", file=sys.stderr)
-
-
-def run_dir_for(cfg: Config, config_path: str) -> Path:
-    """`<output_dir>/<run_name>` (default: config stem + timestamp), not created."""
-    name = cfg.trainer.run_name or f"{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return (Path(cfg.trainer.output_dir) / name).resolve()
-
-
-def new_run_dir(cfg: Config, config_path: str) -> Path:
-    """Create `<output_dir>/<run_name>` (default: config stem + timestamp); never reuse one."""
-    run_dir = run_dir_for(cfg, config_path)
-    name = run_dir.name
-    try:
-        run_dir.mkdir(parents=True, exist_ok=False)
-    except FileExistsError:
-        raise ConfigError(
-            f"trainer.run_name={name}: run folder {run_dir} already exists; choose another trainer.run_name"
-        ) from None
-    save_config(cfg, run_dir / "config.yaml")
-    return run_dir
-
-
-def resume_config(run_dir: Path, overrides: list[str], save: bool = True) -> Config:
-    """The run folder's config with launch-only overrides; anything else is refused. `save`
-    writes the changed launch keys back (a resume does; `validate` only looks)."""
-    saved_path = run_dir / "config.yaml"
-    if not saved_path.is_file():
-        raise ConfigError(
-            f"{run_dir}: not a run folder (no config.yaml); pass a config file to start a run"
-        )
-    saved = load_config(saved_path)
-    cfg = load_config(saved_path, overrides, launcher="local")
-    changed = [k for k, v in flatten(to_dict(cfg)).items() if flatten(to_dict(saved)).get(k) != v]
-    refused = [k for k in changed if k not in RESUMABLE_KEYS]
-    if refused:
-        raise ConfigError(
-            f"{', '.join(refused)}: cannot change when resuming {run_dir} (only {', '.join(RESUMABLE_KEYS)}); "
-            "start a new run for a different experiment"
-        )
-    if changed and save:
-        save_config(cfg, saved_path)
-    return cfg
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -151,167 +95,6 @@ def cmd_export_hf(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_for_slurm(args: argparse.Namespace, lenient_paths: str = "") -> Config | None:
-    """`_load` with the Slurm world's rules. With lenient_paths (the note to print), a
-    model.path / data.path missing here is a warning when it is the only problem."""
-    try:
-        return load_config(args.config, args.overrides, launcher="slurm")
-    except ConfigError as strict:
-        if lenient_paths:
-            try:
-                cfg = load_config(args.config, args.overrides, launcher="slurm", check_paths=False)
-            except ConfigError:
-                pass
-            else:
-                for line in str(strict).splitlines():
-                    print(f"warning: {line} ({lenient_paths})", file=sys.stderr)
-                return cfg
-        _print_errors(args.config, strict, "slurm")
-        return None
-
-
-def _command_line(args: argparse.Namespace) -> str:
-    """The hpc-ppo command of `args`, as a shell line (a rendered script's header names it)."""
-    import shlex
-
-    return f"hpc-ppo {args.command} {shlex.join([args.config, *args.overrides])}"
-
-
-def cmd_submit(args: argparse.Namespace) -> int:
-    from hpc_ppo.launch import submit
-
-    cfg = _load_for_slurm(args, "an error when submitting for real" if args.dry_run else "")
-    if cfg is None:
-        return 2
-    if args.dry_run:
-        run_dir = run_dir_for(cfg, args.config)
-        if run_dir.exists():
-            print(f"warning: {run_dir} exists: a real submit refuses it", file=sys.stderr)
-        script = submit.batch_script(cfg, run_dir)
-        sys.stdout.write(script if script.endswith("\n") else script + "\n")
-        sys.stdout.flush()
-        print(f"dry run: nothing submitted, {run_dir} not created", file=sys.stderr)
-        return 0
-    try:
-        submit.require_sbatch()
-        run_dir = new_run_dir(cfg, args.config)
-        job_id = submit.submit(cfg, run_dir)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except submit.SubmitError as e:
-        print(f"error: job not submitted: {e}", file=sys.stderr)
-        return 1
-    s = cfg.slurm
-    print(f"hpc-ppo: submitted job {job_id}: {s.nodes} node(s) x {s.ntasks_per_node} task(s)")
-    print(f"follow the log: tail -f {submit.log_path(run_dir, job_id)}")
-    print(f"status: hpc-ppo status {job_id}")
-    print(f"job_id: {job_id}")
-    print(f"run_dir: {run_dir}", flush=True)
-    return 0
-
-
-def cmd_render_sbatch(args: argparse.Namespace) -> int:
-    from hpc_ppo.launch.sbatch import render_sbatch, write_script
-
-    cfg = _load_for_slurm(args, "checked again when the job starts")
-    if cfg is None:
-        return 2
-    try:
-        # The run folder and its config snapshot exist from now on, as after `submit`: the
-        # job runs this config.yaml whatever happens to the YAML file before or after sbatch.
-        run_dir = new_run_dir(cfg, args.config)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    text = render_sbatch(cfg, run_dir, _command_line(args))
-    kept = write_script(run_dir, text)
-    if args.output in (None, "-"):
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        print(f"run_dir: {run_dir} (a copy of this script: {kept})", file=sys.stderr)
-        return 0
-    Path(args.output).write_text(text, encoding="utf-8")
-    Path(args.output).chmod(0o755)
-    print(f"wrote {args.output}; submit it with: sbatch {args.output}", file=sys.stderr)
-    print(f"run_dir: {run_dir}", flush=True)
-    return 0
-
-
-def cmd_prepare(args: argparse.Namespace) -> int:
-    from hpc_ppo.launch.sbatch import (
-        allocation_errors,
-        claim_run_dir,
-        job_id_from_env,
-        prepare_run_dir,
-    )
-
-    snapshot = args.run_dir is None
-    if snapshot:  # `prepare RUN_DIR`: the rendered scripts' form; the folder's config is the job's
-        run_dir = Path(args.config).resolve()
-        if args.overrides:
-            print(
-                f"error: {' '.join(args.overrides)}: a run folder's config cannot be overridden"
-                " by prepare (it is the snapshot taken at submission)",
-                file=sys.stderr,
-            )
-            return 2
-        if not (run_dir / "config.yaml").is_file():
-            print(
-                f"error: {run_dir}: not a run folder (no config.yaml); `hpc-ppo prepare CONFIG"
-                " [key=value ...] --run-dir RUN_DIR` creates one",
-                file=sys.stderr,
-            )
-            return 2
-        args.config = str(run_dir / "config.yaml")
-    cfg = _load_for_slurm(args)
-    if cfg is None:
-        return 2
-    errors = allocation_errors(cfg)
-    run_dir = run_dir if snapshot else Path(args.run_dir).resolve()
-    job_id = job_id_from_env()
-    existed = (run_dir / "config.yaml").is_file()
-    try:
-        if errors:
-            raise ConfigError("\n".join(errors))
-        kept = None if snapshot else prepare_run_dir(cfg, run_dir, job_id)
-        if job_id:
-            claim_run_dir(run_dir, job_id)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if kept:
-        print(f"warning: {kept}", file=sys.stderr, flush=True)
-    new = not snapshot and not existed
-    resumed = (run_dir / "metrics.jsonl").is_file() or (existed and not snapshot)
-    print(
-        f"hpc-ppo: {'resuming in' if resumed else 'created' if new else 'starting in'} {run_dir}",
-        flush=True,
-    )
-    print(f"run_dir: {run_dir}", flush=True)
-    return 0
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from hpc_ppo.launch.status import collect, format_status
-
-    output_dirs = [Path(d) for d in (args.output_dir or ["runs"])]
-    st = collect(args.target, output_dirs)
-    if not st.lines:
-        print(f"error: {args.target}: neither a run folder nor a Slurm job id", file=sys.stderr)
-        return 2
-    sys.stdout.write(format_status(st))
-    if st.run_dir is None:
-        print(
-            f"error: no run folder found for job {args.target} (looked in "
-            f"{', '.join(f'{d}/.jobs' for d in output_dirs)} and the job's log path); "
-            "pass the run folder, or --output-dir",
-            file=sys.stderr,
-        )
-        return 2
-    return 0
-
-
 def cmd_doctor(args: argparse.Namespace) -> int:
     import os
 
@@ -326,65 +109,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         checks.append(check)
     print(summary(checks))
     return exit_code(checks)
-
-
-def cmd_bundle(args: argparse.Namespace) -> int:
-    import shlex
-
-    from hpc_ppo.bundle import make_bundle
-    from hpc_ppo.bundle.target import (
-        existing_file,
-        make_target,
-        parse_node_packages,
-        parse_skip,
-        parse_split_mb,
-    )
-    from hpc_ppo.errors import BundleError
-
-    try:
-        target = make_target(args.python, args.platform)
-        skip = [parse_skip(s) for s in args.skip]
-        split_mb = parse_split_mb(args.split_mb)
-        constraints = None
-        if args.constraints is not None:
-            constraints = existing_file("--constraints", args.constraints)
-        # The command for lock.txt, with the defaults spelled out: the target it names holds
-        # wherever the lock is read.
-        words = ["hpc-ppo", "bundle", "-o", args.output]
-        words += ["--extras", args.extras] if args.extras else []
-        words += ["--python", target.version, "--platform", target.platform]
-        words += ["--constraints", str(constraints)] if constraints else []
-        words += [w for r in skip for w in ("--skip", str(r))]
-        words += ["--split-mb", str(split_mb)] if split_mb else []
-        node_has = None
-        if args.node_packages is not None:
-            node_file = existing_file("--node-packages", args.node_packages)
-            node_has = parse_node_packages(node_file)
-            words += ["--node-packages", str(node_file)]
-        print(f"hpc-ppo: bundling for {target.describe()}", file=sys.stderr, flush=True)
-        summary = make_bundle(
-            Path(args.output).resolve(),
-            target,
-            args.extras,
-            constraints,
-            skip,
-            split_mb,
-            shlex.join(words),
-            node_has,
-        )
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except BundleError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    for warning in summary.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    parts = f" in {summary.parts} parts of {split_mb} MB" if summary.parts else ""
-    print(f"hpc-ppo: {summary.wheels} wheels, {summary.size / 1e6:.0f} MB{parts}")
-    print(f"on the node: {summary.folder}/install.sh  (a venv's python, or --target FOLDER)")
-    print(f"bundle: {summary.folder}", flush=True)
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -432,56 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and the memory the export needs)",
     )
     p.set_defaults(fn=cmd_export_hf)
-    for name, fn, text in (
-        (
-            "submit",
-            cmd_submit,
-            "create the run folder and submit its job to Slurm (submitit; one task per GPU)",
-        ),
-        ("render-sbatch", cmd_render_sbatch, "create the run folder and write its sbatch script"),
-        (
-            "prepare",
-            cmd_prepare,
-            "check a run folder in a job's batch shell (rendered scripts run it)",
-        ),
-    ):
-        p = sub.add_parser(name, help=text, description=text)
-        p.add_argument(
-            "config",
-            help="YAML config file"
-            + (", or a run folder (what rendered scripts run)" if name == "prepare" else ""),
-        )
-        p.add_argument(
-            "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. actor.lr=1e-6"
-        )
-        p.set_defaults(fn=fn)
-        if name == "submit":
-            p.add_argument(
-                "--dry-run", action="store_true", help="print the batch script; submit nothing"
-            )
-        elif name == "render-sbatch":
-            p.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
-        else:
-            p.add_argument(
-                "--run-dir",
-                help="the run folder to create or check from CONFIG (hand-written scripts);"
-                " without it, CONFIG is a run folder whose config.yaml the job runs",
-            )
-    p = sub.add_parser(
-        "status",
-        help="Slurm state, last step, checkpoint of a run or job",
-        description="Print a run's Slurm state and restarts, its last logged step with the main "
-        "metrics, its newest checkpoint, MLflow run id and log; by run folder or Slurm job id.",
-    )
-    p.add_argument(
-        "target", metavar="RUN_DIR_OR_JOB_ID", help="a run folder, or a Slurm job id of a run"
-    )
-    p.add_argument(
-        "--output-dir",
-        action="append",
-        help="where to look up a job id's run folder (default: runs; repeatable)",
-    )
-    p.set_defaults(fn=cmd_status)
+    add_slurm_parsers(sub)
     p = sub.add_parser(
         "doctor",
         help="check this node (and a config) before a long job",
@@ -505,63 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
         " trainer.nprocs); default: slurm inside a Slurm job (SLURM_JOB_ID set), else local",
     )
     p.set_defaults(fn=cmd_doctor)
-    _add_bundle_parser(sub)
+    add_bundle_parser(sub)
     return parser
-
-
-def _add_bundle_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "bundle",
-        help="download hpc-ppo and its wheels for a node without internet",
-        description="Resolve hpc-ppo's requirements (and the extras chosen) for the target "
-        "Python and platform, download wheels only, and write them with hpc-ppo's own wheel, "
-        "a lock file, their SHA-256 sums and install.sh (which installs with --no-index) into "
-        "a new folder. Copy the folder to the node and run its install.sh.",
-    )
-    p.add_argument(
-        "-o", "--output", required=True, metavar="DIR", help="the bundle folder (new or empty)"
-    )
-    p.add_argument(
-        "--extras",
-        default="",
-        help="comma-separated extras of hpc-ppo, e.g. gpu or gpu,flash (default: none: the CPU "
-        "set)",
-    )
-    p.add_argument(
-        "--python", metavar="X.Y", help="the node's Python (default: this interpreter's)"
-    )
-    p.add_argument(
-        "--platform",
-        help="the newest wheel platform the node runs, e.g. manylinux_2_28_x86_64 for glibc "
-        "2.28 (default: this machine's)",
-    )
-    p.add_argument(
-        "--constraints",
-        metavar="FILE",
-        help="pins for the resolution (default: hpc_ppo/constraints/gpu-cu130.txt with the gpu "
-        "extra, the CPU torch of hpc_ppo/constraints/cpu.txt without)",
-    )
-    p.add_argument(
-        "--skip",
-        action="append",
-        default=[],
-        metavar="NAME==VER",
-        help="a package the node has already (the site's torch): resolved against, left out, "
-        "checked by install.sh (repeatable)",
-    )
-    p.add_argument(
-        "--node-packages",
-        metavar="FILE",
-        help="the node's `python -m pip freeze`: what it has at a version every bundled package"
-        " accepts stays out of the bundle (and is checked by install.sh)",
-    )
-    p.add_argument(
-        "--split-mb",
-        metavar="N",
-        help="cut the wheels into parts of N MB (10^6 bytes) for transfer limits; install.sh "
-        "joins them",
-    )
-    p.set_defaults(fn=cmd_bundle)
 
 
 class _Version(argparse.Action):

@@ -1,7 +1,9 @@
-"""Error types shared across hpc-ppo.
+"""Error types shared across hpc-ppo, and how a command prints a bad config.
 
 hpc-ppo validate configs/tiny-cpu.yaml rollout.n=0     # a ConfigError, one line, exit 2
 """
+
+import sys
 
 
 class ConfigError(ValueError):
@@ -20,3 +22,12 @@ class PeerFailed(RuntimeError):
 class BundleError(RuntimeError):
     """`hpc-ppo bundle` could not make the bundle (no wheel for the target, a conflict, pip
     failed); the message names the requirement, the target and the fix, in one line."""
+
+
+def print_config_errors(config: str, e: ConfigError, launcher: str | None) -> None:
+    """A config's errors on stderr: a line naming the file (and the Slurm world when checked
+    for it), then each error indented on its own line."""
+    where = " for Slurm" if launcher == "slurm" else ""
+    print(f"error: {config}: invalid configuration{where}", file=sys.stderr)
+    for line in str(e).splitlines():
+        print(f"  {line}", file=sys.stderr)

@@ -2,22 +2,26 @@
 
     hpc-ppo run configs/tiny-cpu.yaml     # prints `mlflow ui ...` and the run's URL at start
 
-Beyond tracking.py's params and tags: the resolved config.yaml as an artifact (`config/`),
-`mlflow.source.git.commit` when the package runs from a git checkout (the UI's "Source"), a
-run URL that opens MLflow 3's classic pages (the run's metric charts), not the GenAI traces
-page, and TensorBoard event files when `tracking.tensorboard` is on.
+The resolved config as params and the run's tags (launcher, code version, Slurm job and
+restart count, launch keys a resume changed): `open_run_tracking`. Then `open_tracking` adds
+the resolved config.yaml as an artifact (`config/`), `mlflow.source.git.commit` when the
+package runs from a git checkout (the UI's "Source"), a run URL that opens MLflow 3's classic
+pages (the run's metric charts), not the GenAI traces page, and TensorBoard event files when
+`tracking.tensorboard` is on.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from pathlib import Path
 from shlex import quote
 from typing import Any
 
-from hpc_ppo.config import TrackingConfig
-from hpc_ppo.provenance import PACKAGE_DIR, git_commit
-from hpc_ppo.tracking import MetricsSink, open_run_tracking
+from hpc_ppo.config import RESUMABLE_KEYS, TrackingConfig, flatten
+from hpc_ppo.provenance import PACKAGE_DIR, check_code_version, git_commit
+from hpc_ppo.tracking import MetricsSink, Tracker, read_run_id
 
 log = logging.getLogger(__name__)
 UI_PORT = 5000  # mlflow ui's default
@@ -74,3 +78,33 @@ def mlflow_ui_hint(tracker: MetricsSink, timeout_s: float = 15) -> tuple[str, st
     # from the experiment's kind tag set above.
     page = f"#/experiments/{exp_id}/runs/{tracker.run_id}/model-metrics"
     return command, f"{base}/{page}?workflowType=machine_learning"
+
+
+def open_run_tracking(run_dir: Path, tracking: TrackingConfig, config: dict[str, Any]) -> Tracker:
+    """Rank 0's tracker for a run, params and tags logged: params are the resolved config.
+
+    Launch keys a resumed run may change (RESUMABLE_KEYS) keep their first value as the param
+    (MLflow params are immutable) and carry the current one as a `resumed.<key>` tag.
+    """
+    tracker = Tracker(
+        run_dir, tracking.uri, tracking.experiment, run_dir.name, run_id=read_run_id(run_dir)
+    )
+    params = flatten(config)
+    first_path = run_dir / "params.json"
+    first = json.loads(first_path.read_text()) if first_path.is_file() else {}
+    tags = {
+        "launcher": "slurm" if "SLURM_JOB_ID" in os.environ else "local",
+        "code.version": check_code_version(run_dir),
+    }
+    for key in RESUMABLE_KEYS:
+        # Every resumed job tags all of them, changed or not: MLflow keeps tags, so a tag only
+        # set on change went stale when a later resume went back to the first value
+        # (2 -> 1 -> 2 ranks left resumed.trainer.nprocs=1).
+        if key in first:
+            tags[f"resumed.{key}"], params[key] = params[key], first[key]
+    if "SLURM_JOB_ID" in os.environ:
+        tags["slurm.job_id"] = os.environ["SLURM_JOB_ID"]
+        tags["slurm.restart_count"] = os.environ.get("SLURM_RESTART_COUNT", "0")
+    tracker.log_params(params)
+    tracker.set_tags(tags)
+    return tracker

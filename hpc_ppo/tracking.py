@@ -22,17 +22,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import threading
 import time
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from hpc_ppo.atomic import atomic_write_text
-from hpc_ppo.config import RESUMABLE_KEYS, TrackingConfig, flatten
 from hpc_ppo.metrics_file import records, repair_jsonl
 from hpc_ppo.mlflow_store import artifact_root, create_sqlite_store, sqlite_file
-from hpc_ppo.provenance import check_code_version
 
 log = logging.getLogger(__name__)
 
@@ -382,33 +379,3 @@ class Tracker:
         if stop:
             self._client.set_terminated(self._run_id, status=stop)
             self._terminated = True
-
-
-def open_run_tracking(run_dir: Path, tracking: TrackingConfig, config: dict[str, Any]) -> Tracker:
-    """Rank 0's tracker for a run, params and tags logged: params are the resolved config.
-
-    Launch keys a resumed run may change (RESUMABLE_KEYS) keep their first value as the param
-    (MLflow params are immutable) and carry the current one as a `resumed.<key>` tag.
-    """
-    tracker = Tracker(
-        run_dir, tracking.uri, tracking.experiment, run_dir.name, run_id=read_run_id(run_dir)
-    )
-    params = flatten(config)
-    first_path = run_dir / "params.json"
-    first = json.loads(first_path.read_text()) if first_path.is_file() else {}
-    tags = {
-        "launcher": "slurm" if "SLURM_JOB_ID" in os.environ else "local",
-        "code.version": check_code_version(run_dir),
-    }
-    for key in RESUMABLE_KEYS:
-        # Every resumed job tags all of them, changed or not: MLflow keeps tags, so a tag only
-        # set on change went stale when a later resume went back to the first value
-        # (2 -> 1 -> 2 ranks left resumed.trainer.nprocs=1).
-        if key in first:
-            tags[f"resumed.{key}"], params[key] = params[key], first[key]
-    if "SLURM_JOB_ID" in os.environ:
-        tags["slurm.job_id"] = os.environ["SLURM_JOB_ID"]
-        tags["slurm.restart_count"] = os.environ.get("SLURM_RESTART_COUNT", "0")
-    tracker.log_params(params)
-    tracker.set_tags(tags)
-    return tracker
