@@ -29,3 +29,25 @@ def test_the_config_schema_imports_nothing_from_hpc_ppo():
         for alias in node.names
     ]
     assert not [m for m in imported if m and m.startswith("hpc_ppo")], imported
+
+
+def test_the_launchers_config_check_imports_no_torch(tmp_path):
+    """`hpc-ppo run/submit/validate` check the config in the launcher's own process before any
+    rank starts; importing torch there cost 5-8 s of every start on a GPU node."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from hpc_ppo.config import load_config\n"
+        "from hpc_ppo.run_folder import new_run_dir, resume_config\n"
+        "import hpc_ppo.cli, hpc_ppo.launch.local, hpc_ppo.launch.commands\n"
+        f"cfg = load_config({str(REPO / 'configs' / 'tiny-cpu.yaml')!r}, "
+        f"['trainer.output_dir={tmp_path}'], launcher='local')\n"
+        "run = new_run_dir(cfg, 'x.yaml')\n"
+        "resume_config(run, ['trainer.total_steps=9'])\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'mlflow') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-import torch
+if TYPE_CHECKING:  # a hint only: the launcher's config check imports this module without torch
+    import torch
 
 
 @dataclass(frozen=True)
