@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from hpc_ppo.bundle.command import add_parser as add_bundle_parser
-from hpc_ppo.config import LAUNCHERS, Config, Launcher, dump_yaml, load_config
+from hpc_ppo.config import LAUNCHERS, Config, Launcher, add_config_arguments, dump_yaml, load_config
 from hpc_ppo.errors import ConfigError, print_config_errors
 from hpc_ppo.launch.commands import add_parsers as add_slurm_parsers
 from hpc_ppo.run_folder import new_run_dir, resume_config
@@ -120,13 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("run", cmd_run, "run the job on this machine (trainer.nprocs local ranks)"),
     ):
         p = sub.add_parser(name, help=text, description=text)
-        p.add_argument(
-            "config",
-            help="YAML config file, or a run folder (its config.yaml with the overrides a "
+        add_config_arguments(
+            p,
+            "YAML config file, or a run folder (its config.yaml with the overrides a "
             + ("resume allows)" if name == "validate" else "resume allows: the run continues)"),
-        )
-        p.add_argument(
-            "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. actor.lr=1e-6"
         )
         p.set_defaults(fn=fn)
         if name == "validate":
@@ -168,10 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         " and checkpoint size against this node. Run it where the job runs, e.g. srun -N1 -n1"
         " --gpus-per-node=8 hpc-ppo doctor CONFIG. Exit code 2 when a check fails.",
     )
-    p.add_argument("config", nargs="?", help="YAML config file (optional)")
-    p.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. rollout.tp=2"
-    )
+    add_config_arguments(p, "YAML config file (optional)", optional=True)
     p.add_argument(
         "--launcher",
         choices=LAUNCHERS,

@@ -9,7 +9,14 @@ reference.py the README's table of keys (python -m hpc_ppo.config.reference); no
              here, so that command runs it once
 """
 
-from hpc_ppo.config.load import dump_yaml, flatten, load_config, save_config, to_dict
+from hpc_ppo.config.load import (
+    add_config_arguments,
+    dump_yaml,
+    flatten,
+    load_config,
+    save_config,
+    to_dict,
+)
 from hpc_ppo.config.schema import (
     BUILTIN_TINY_MODEL,
     RESUMABLE_KEYS,
@@ -54,6 +61,7 @@ __all__ = [
     "TinyModelConfig",
     "TrackingConfig",
     "TrainerConfig",
+    "add_config_arguments",
     "dump_yaml",
     "flatten",
     "load_config",

@@ -9,6 +9,7 @@ value and the fix; the rules of validate.py run once the tree is built.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import json
@@ -309,3 +310,13 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             out[key] = str(v)
     return out
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser, config_help: str, optional: bool = False
+) -> None:
+    """A command's CONFIG and `key=value ...` overrides, as every hpc-ppo command takes them."""
+    parser.add_argument("config", nargs="?" if optional else None, help=config_help)
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. actor.lr=1e-6"
+    )

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from hpc_ppo.config import Config, load_config
+from hpc_ppo.config import Config, add_config_arguments, load_config
 from hpc_ppo.errors import ConfigError, print_config_errors
 from hpc_ppo.run_folder import new_run_dir, run_dir_for
 
@@ -198,13 +198,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         ),
     ):
         p = sub.add_parser(name, help=text, description=text)
-        p.add_argument(
-            "config",
-            help="YAML config file"
+        add_config_arguments(
+            p,
+            "YAML config file"
             + (", or a run folder (what rendered scripts run)" if name == "prepare" else ""),
-        )
-        p.add_argument(
-            "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. actor.lr=1e-6"
         )
         p.set_defaults(fn=fn)
         if name == "submit":
