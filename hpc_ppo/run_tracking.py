@@ -2,9 +2,10 @@
 
     hpc-ppo run configs/tiny-cpu.yaml     # prints `mlflow ui ...` and the run's URL at start
 
-The resolved config as params and the run's tags (launcher, code version, Slurm job and
-restart count, launch keys a resume changed): `open_run_tracking`. Then `open_tracking` adds
-the resolved config.yaml as an artifact (`config/`), `mlflow.source.git.commit` when the
+`start_tracking` starts the tracker (before the engine: MLflow's import overlaps it);
+`record_run` logs the resolved config as params, the run's tags (launcher, code version, Slurm
+job and restart count, launch keys a resume changed), the resolved config.yaml as an artifact
+(`config/`), `mlflow.source.git.commit` when the
 package runs from a git checkout (the UI's "Source"), a run URL that opens MLflow 3's classic
 pages (the run's metric charts), not the GenAI traces page, and TensorBoard event files when
 `tracking.tensorboard` is on.
@@ -28,10 +29,25 @@ UI_PORT = 5000  # mlflow ui's default
 EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3's UI reads it to pick the landing tab
 
 
-def open_tracking(run_dir: Path, tracking: TrackingConfig, config: dict[str, Any]) -> MetricsSink:
-    """`open_run_tracking`'s tracker plus the config artifact, the git commit tag and, with
-    `tracking.tensorboard`, the TensorBoard mirror."""
-    tracker = open_run_tracking(run_dir, tracking, config)
+def start_tracking(run_dir: Path, tracking: TrackingConfig) -> MetricsSink:
+    """Rank 0's tracker, started early: its thread imports MLflow and opens the store (seconds)
+    while the engine starts; `record_run` adds the params once the checkpoint is restored."""
+    tracker = Tracker(
+        run_dir, tracking.uri, tracking.experiment, run_dir.name, run_id=read_run_id(run_dir)
+    )
+    if tracking.tensorboard:
+        from hpc_ppo.tensorboard_sink import TensorBoardMirror, WithTensorBoard
+
+        return WithTensorBoard(tracker, TensorBoardMirror(run_dir))
+    return tracker
+
+
+def record_run(tracker: MetricsSink, run_dir: Path, config: dict[str, Any]) -> None:
+    """The run's params and tags (`run_params_and_tags`), the git commit tag and the config
+    artifact."""
+    params, tags = run_params_and_tags(run_dir, config)
+    tracker.log_params(params)
+    tracker.set_tags(tags)
     commit = git_commit()
     if commit:  # what the UI's "Source" shows: the checkout, and the commit beside it
         tracker.set_tags(
@@ -42,11 +58,6 @@ def open_tracking(run_dir: Path, tracking: TrackingConfig, config: dict[str, Any
             }
         )
     tracker.log_artifact(run_dir / "config.yaml", "config")
-    if tracking.tensorboard:
-        from hpc_ppo.tensorboard_sink import TensorBoardMirror, WithTensorBoard
-
-        return WithTensorBoard(tracker, TensorBoardMirror(run_dir))
-    return tracker
 
 
 def mlflow_ui_hint(tracker: MetricsSink, timeout_s: float = 15) -> tuple[str, str]:
@@ -80,15 +91,12 @@ def mlflow_ui_hint(tracker: MetricsSink, timeout_s: float = 15) -> tuple[str, st
     return command, f"{base}/{page}?workflowType=machine_learning"
 
 
-def open_run_tracking(run_dir: Path, tracking: TrackingConfig, config: dict[str, Any]) -> Tracker:
-    """Rank 0's tracker for a run, params and tags logged: params are the resolved config.
+def run_params_and_tags(run_dir: Path, config: dict[str, Any]) -> tuple[dict, dict[str, str]]:
+    """(params, tags) of a run: params are the resolved config.
 
     Launch keys a resumed run may change (RESUMABLE_KEYS) keep their first value as the param
     (MLflow params are immutable) and carry the current one as a `resumed.<key>` tag.
     """
-    tracker = Tracker(
-        run_dir, tracking.uri, tracking.experiment, run_dir.name, run_id=read_run_id(run_dir)
-    )
     params = flatten(config)
     first_path = run_dir / "params.json"
     first = json.loads(first_path.read_text()) if first_path.is_file() else {}
@@ -105,6 +113,4 @@ def open_run_tracking(run_dir: Path, tracking: TrackingConfig, config: dict[str,
     if "SLURM_JOB_ID" in os.environ:
         tags["slurm.job_id"] = os.environ["SLURM_JOB_ID"]
         tags["slurm.restart_count"] = os.environ.get("SLURM_RESTART_COUNT", "0")
-    tracker.log_params(params)
-    tracker.set_tags(tags)
-    return tracker
+    return params, tags

@@ -42,7 +42,7 @@ from hpc_ppo.reward import resolve_rewards, score_samples
 from hpc_ppo.rollout.base import SamplingSpec
 from hpc_ppo.rollout.cycle import rollout
 from hpc_ppo.rollout.make import make_engine
-from hpc_ppo.run_tracking import mlflow_ui_hint, open_tracking
+from hpc_ppo.run_tracking import mlflow_ui_hint, record_run, start_tracking
 from hpc_ppo.runlog import LOG_FILE
 from hpc_ppo.sampler import PromptSampler, shard_for_rank
 from hpc_ppo.tracking import MetricsSink, NullTracker, read_run_id
@@ -93,12 +93,13 @@ class Trainer:
             self.prompts = task_prompts(cfg.data, t.seed)
             self.sampler = PromptSampler(len(self.prompts), t.batch_size, t.seed, cfg.data.shuffle)
             self.rewards = resolve_rewards(cfg.reward)
-        # Tracking first: its background thread imports MLflow and opens the store while the
-        # engine starts (the start block waits for the run's page, ~3 s when it came after).
+        # The tracker first: its thread imports MLflow and opens the store while the engine
+        # starts (the start block waits for the run's page: ~3 s when it started after). The
+        # params follow the restore, whose errors (another model's checkpoint) come first.
         self.tracker: MetricsSink = NullTracker()
         if rank == 0:
             with clock("tracking"):
-                self.tracker = open_tracking(run_dir, cfg.tracking, to_dict(cfg))
+                self.tracker = start_tracking(run_dir, cfg.tracking)
         try:
             self._build(clock, startup)
         except BaseException:
@@ -141,6 +142,9 @@ class Trainer:
         self.start_step = int(resumed["step"]) if resumed else 0
         if resumed:
             self.sampler.load_state_dict(resumed["sampler"])
+        if rank == 0:
+            with clock("tracking"):
+                record_run(self.tracker, run_dir, to_dict(cfg))
         if resumed and resumed.get("last_metrics"):
             # The last step's metrics ride in the checkpoint: a kill between the commit and the
             # MLflow write cannot lose them (the tracker skips repeats).

@@ -17,17 +17,17 @@ def test_tracking_opens_first_and_a_failed_engine_start_marks_the_run_failed(tmp
     run_dir.mkdir()
     save_config(cfg, run_dir / "config.yaml")
     events = []
-    open_tracking = trainer_module.open_tracking
+    start_tracking = trainer_module.start_tracking
 
     def tracking(*args, **kwargs):
         events.append("tracking")
-        return open_tracking(*args, **kwargs)
+        return start_tracking(*args, **kwargs)
 
     def broken_engine(*args, **kwargs):
         events.append("engine")
         raise RuntimeError("no GPU memory for the engine")
 
-    monkeypatch.setattr(trainer_module, "open_tracking", tracking)
+    monkeypatch.setattr(trainer_module, "start_tracking", tracking)
     monkeypatch.setattr(trainer_module, "make_engine", broken_engine)
     with gloo_rank(), pytest.raises(RuntimeError, match="no GPU memory"):
         trainer_module.Trainer(cfg, run_dir, 0, 1, torch.device("cpu"))
