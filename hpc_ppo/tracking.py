@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from hpc_ppo.atomic import atomic_write_text
+from hpc_ppo.errors import ConfigError
 from hpc_ppo.metrics_file import records, repair_jsonl
 from hpc_ppo.mlflow_store import artifact_root, create_sqlite_store, sqlite_file
 
@@ -134,13 +135,15 @@ class Tracker:
         return self._run_id
 
     def log_params(self, params: dict[str, Any]) -> None:
-        """Record params once; raises if one differs from what this run already holds."""
+        """Record params once; a ConfigError if one differs from what this run already holds
+        (its config.yaml edited by hand between two jobs)."""
         new = {k: str(v)[:MAX_PARAM_LEN] for k, v in params.items()}
         for k, v in new.items():
             if k in self._params and self._params[k] != v:
-                raise ValueError(
-                    f"param {k!r} changed on resume: run has {self._params[k]!r}, now {v!r}; "
-                    f"a resumed run keeps its config (use a new run folder to change it)"
+                raise ConfigError(
+                    f"{self.run_dir / 'config.yaml'}: {k}={v} but this run started with "
+                    f"{k}={self._params[k]} (params.json); a resumed run keeps its config: put "
+                    "it back, or start a new run folder for a different experiment"
                 )
         new = {k: v for k, v in new.items() if k not in self._params}
         if new:

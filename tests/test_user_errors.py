@@ -61,3 +61,21 @@ def test_a_failing_reward_ends_in_one_line_and_keeps_the_checkpoint(tmp_path):
     assert ckpt.complete_steps(got.run_dir) == [1, 2]
     _, mlflow = mlflow_run(got.run_dir)
     assert mlflow.info.status == "FAILED"
+
+
+def test_a_hand_edited_run_config_on_resume_is_one_line_naming_the_key(tmp_path):
+    """RUN_DIR/config.yaml edited between two jobs (a key resuming may not change): the
+    resumed job stops with one line naming the key, both values and the fix, no traceback."""
+    import yaml
+
+    first = run(TINY, "trainer.total_steps=1", f"trainer.output_dir={tmp_path}")
+    assert first.rc == 0, first.tail
+    config = first.run_dir / "config.yaml"
+    raw = yaml.safe_load(config.read_text())
+    raw["actor"]["lr"] = 0.5
+    config.write_text(yaml.safe_dump(raw))
+    again = run(str(first.run_dir), "trainer.total_steps=2")
+    assert again.rc == 2, again.tail
+    assert "Traceback" not in again.stderr, again.stderr[-3000:]
+    assert f"{config}: actor.lr=0.5 but this run started with actor.lr=" in again.stderr
+    assert "start a new run folder" in again.stderr
