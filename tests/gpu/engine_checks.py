@@ -90,6 +90,16 @@ def cycle_times(engine, policy) -> dict:
     return times
 
 
+def reshard(model) -> None:
+    """After shards are edited in place: FSDP2 keeps the root unsharded after a forward without
+    backward, and its next forward would reuse that copy of the old values."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
 def logprob_gap(samples, pad_id: int, policy, device, temperature: float) -> dict:
     """|engine logprob - FSDP logprob| over response tokens, FSDP as the trainer runs it."""
     batch = collate(samples, [0.0] * len(samples), pad_id).to(device)
@@ -208,10 +218,12 @@ def main(model_dir: str, work: Path, out: Path) -> None:
         with torch.no_grad():  # what a push that silently failed would look like
             for p, w in zip(params, initial, strict=True):
                 p.to_local().copy_(w)
+        reshard(policy)
         r["gap_vs_stale_weights"] = gap(s1)
         with torch.no_grad():
             for p, w in zip(params, trained, strict=True):
                 p.to_local().copy_(w)
+        reshard(policy)
         del initial, trained
 
     with section("wake_refused") as r:  # training holds too much for vLLM to wake up

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine_checks import cycle_times, logprob_gap, recorder, timed_sleep  # noqa: E402
+from engine_checks import cycle_times, logprob_gap, recorder, reshard, timed_sleep  # noqa: E402
 
 from hpc_ppo.config import load_config  # noqa: E402
 from hpc_ppo.dist import init_distributed, pick_device  # noqa: E402
@@ -98,6 +98,7 @@ def main(model_dir: str, work: Path, out: Path) -> None:
         with torch.no_grad():
             for p, w in zip(params, initial, strict=True):
                 p.to_local().copy_(w)
+        reshard(policy)  # else the FSDP forward reuses its unsharded root (the perturbed one)
         r["gap_vs_stale_weights"] = gap(s1)
 
     results["done"] = True
