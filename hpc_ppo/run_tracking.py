@@ -2,13 +2,13 @@
 
     hpc-ppo run configs/tiny-cpu.yaml     # prints `mlflow ui ...` and the run's URL at start
 
-`start_tracking` starts the tracker (before the engine: MLflow's import overlaps it);
-`record_run` logs the resolved config as params, the run's tags (launcher, code version, Slurm
-job and restart count, launch keys a resume changed), the resolved config.yaml as an artifact
-(`config/`), `mlflow.source.git.commit` when the
-package runs from a git checkout (the UI's "Source"), a run URL that opens MLflow 3's classic
-pages (the run's metric charts), not the GenAI traces page, and TensorBoard event files when
-`tracking.tensorboard` is on.
+`start_tracking` starts the tracker (before the engine: MLflow's import overlaps it), with
+TensorBoard event files when `tracking.tensorboard` is on. `record_run` logs the resolved
+config as params, the run's tags (launcher, code version, Slurm job and restart count, launch
+keys a resume changed), the resolved config.yaml as an artifact (`config/`) and
+`mlflow.source.git.commit` when the package runs from a git checkout (the UI's "Source").
+`mlflow_ui_hint`: a run URL that opens MLflow 3's classic pages (the run's metric charts), not
+the GenAI traces page.
 """
 
 from __future__ import annotations

@@ -45,6 +45,10 @@ def logprobs_and_entropy(
     return lp.view(labels.shape), ent.view(labels.shape) if entropy else None
 
 
+def _compute_dtype(t: Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 def _log_softmax(logits: Tensor, temperature: float, dtype: torch.dtype) -> Tensor:
     """log softmax(logits / temperature) in `dtype`: one copy, then in place and fused (the
     fused kernel subtracts each row's max first, so huge logits keep their precision)."""
@@ -64,7 +68,7 @@ class _LogprobEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: Tensor, labels: Tensor, temperature: float, rows: int, entropy: bool):  # type: ignore[override]
-        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        dtype = _compute_dtype(logits)
         n = logits.shape[0]
         lp = torch.empty(n, dtype=dtype, device=logits.device)
         ent = torch.empty(n if entropy else 0, dtype=dtype, device=logits.device)
@@ -84,7 +88,7 @@ class _LogprobEntropy(torch.autograd.Function):
         if g_lp is None and (g_ent is None or ent.numel() == 0):
             return None, None, None, None, None
         t, rows = ctx.temperature, ctx.rows
-        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        dtype = _compute_dtype(logits)
         grad = torch.empty_like(logits)
         for s in range(0, logits.shape[0], rows):
             logp = _log_softmax(logits[s : s + rows], t, dtype)
