@@ -1,6 +1,6 @@
 # Step bench on the GPU host (after setup.sh): 0.5B sync (cold), async saves, requeue-path resume.
 # Lease 4 (2026-11-24) ran exactly this; docs/PERFORMANCE.md has the figures. JSON + logs in $OUT.
-export PYTHONPATH=$HOME/hpc-ppo-site:$PWD PYTHONUNBUFFERED=1; rm -rf /tmp/hpcppo/pt; S=/tmp/hpcppo/step; B="python3 bench/step.py --out $S"
+export PYTHONPATH=$PWD:$HOME/hpc-ppo-site PYTHONUNBUFFERED=1; rm -rf /tmp/hpcppo/pt; S=/tmp/hpcppo/step; B="python3 bench/step.py --out $S"
 $B --timeout-s 300 --shape 0.5b --steps 4 --log $OUT/sync.log > $OUT/sync.json 2>&1; echo "sync rc $? at ${SECONDS}s"
 R=$(ls -d $S/runs/gpu-step-* | head -1)
 T=$((590-SECONDS-100)); [ $T -gt 200 ] && T=200

@@ -1,6 +1,6 @@
 # GPU tests: engine checks, PPO runs, device selection. Writes logs under $OUT.
 set -o pipefail
-export PYTHONPATH=$HOME/hpc-ppo-site:$PWD PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD:$HOME/hpc-ppo-site PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, vllm, pytest; print('torch', torch.__version__, 'transformers', transformers.__version__, 'vllm', vllm.__version__, 'pytest', pytest.__version__)"
 mkdir -p /tmp/hpcppo

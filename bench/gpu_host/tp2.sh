@@ -4,7 +4,7 @@
 #   bash bench/gpu_host/tp2.sh ppo     # 3 PPO steps: phases, MFU, memory, final save
 #   bash bench/gpu_host/tp2.sh gen     # 1024 prompts x 200 tokens -> 512 new, in-rank
 set -o pipefail
-export PYTHONPATH=$HOME/hpc-ppo-site:$PWD PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD:$HOME/hpc-ppo-site PYTHONUNBUFFERED=1
 S=/tmp/hpcppo/s7; M=$S/model-7b-full; mkdir -p $S
 python3 -c "import sys; sys.path.insert(0, '.'); from pathlib import Path; from bench.rollout import write_model_dir; write_model_dir(Path('$M'), shape='7b')"
 case "$1" in

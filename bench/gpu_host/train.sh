@@ -4,7 +4,7 @@
 # operator table per workload in $OUT.
 #   bash bench/gpu_host/train.sh
 set -o pipefail
-export PYTHONPATH=$HOME/hpc-ppo-site:$PWD PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD:$HOME/hpc-ppo-site PYTHONUNBUFFERED=1
 T="python3 bench/train.py --shape 0.5b --out /tmp/hpcppo/train --iters 4"
 V=(--variant "model.attn_implementation=sdpa trainer.padding_free=false trainer.defer_grad_reduce=false"
    --variant "trainer.padding_free=false"

@@ -137,6 +137,11 @@ class RolloutConfig:
         0.5, gt=0.0, lt=1.0, doc="vLLM: share of GPU memory for weights + KV cache"
     )
     enforce_eager: bool = _spec(False, doc="vLLM: disable CUDA graphs")
+    compile: bool = _spec(
+        True,
+        doc="vLLM: torch.compile the model; false: CUDA graphs of decode steps without"
+        " compiling (shorter cold start; see rollout/compile.py)",
+    )
     allreduce: str = _spec(
         "custom",
         choices=("custom", "fused", "vllm"),

@@ -34,6 +34,7 @@ from hpc_ppo.config import BUILTIN_TINY_MODEL, ModelConfig, RolloutConfig, tp_er
 from hpc_ppo.model import tiny_config
 from hpc_ppo.rollout.allreduce import plan_allreduce
 from hpc_ppo.rollout.base import Sample, SamplingSpec
+from hpc_ppo.rollout.compile import compilation_config
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,15 @@ class VLLMEngine:
         self.allreduce = plan.description
         path = model_dir(model, tokenizer, run_dir, self.rank)
 
+        compiled = compilation_config(r.compile, r.enforce_eager, plan.compilation_config)
+        log.info(
+            "rollout model: %s",
+            "eager (rollout.enforce_eager=true)"
+            if r.enforce_eager
+            else "torch.compile + CUDA graphs"
+            if r.compile
+            else "CUDA graphs of decode steps, not compiled (rollout.compile=false)",
+        )
         from vllm import LLM  # after point_caches: vLLM and FlashInfer read them at import
 
         optional = {
@@ -216,7 +226,7 @@ class VLLMEngine:
             "max_num_batched_tokens": r.max_num_batched_tokens,
             "enable_prefix_caching": r.enable_prefix_caching,
             "enable_chunked_prefill": r.enable_chunked_prefill,
-            "compilation_config": plan.compilation_config,
+            "compilation_config": compiled,
         }
         self.llm = LLM(
             model=path,

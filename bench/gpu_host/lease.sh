@@ -1,0 +1,37 @@
+# One x2 lease for the GPU acceptance points (README.md beside this file): an `hpc-ppo bundle`
+# carried part by part while GPU 0 runs the no-vLLM training bench, then both GPUs at once.
+#   carry K       copy .gpu-bundle/pK to ~/gb (carry it); K=1 also starts train.sh in the
+#                 background (setsid: it outlives the call while the host stays warm)
+#   install       bundle.sh install, vLLM's import time (-X importtime)
+#   one-gpu       GPU 1: the 1-GPU tests; GPU 0: speed.sh (PARTS) once train.sh is done;
+#                 both awaited; bg.tgz holds train.sh's and the tests' files
+#   two-gpu       the TP=2 tests (both GPUs)
+# Results under $OUT; background output under /tmp/hpcppo/bg (each call's $OUT starts empty).
+set -o pipefail
+BG=/tmp/hpcppo/bg
+case "$1" in
+carry)
+  mkdir -p ~/gb $BG && cp .gpu-bundle/p$2/* ~/gb/ && echo "part $2: $(du -sh ~/gb | cut -f1) in ~/gb"
+  if [ "$2" = 1 ]; then
+    python3 -m pip freeze > $OUT/freeze.txt
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    CUDA_VISIBLE_DEVICES=0 OUT=$BG setsid nohup bash bench/gpu_host/train.sh > $BG/train.log 2>&1 < /dev/null &
+  fi
+  tail -n 2 $BG/train.log 2>/dev/null ;;
+install)
+  bash bench/gpu_host/bundle.sh install
+  PYTHONPATH=$PWD:$HOME/hpc-ppo-site python3 -X importtime -c "from vllm import LLM" 2> $BG/importtime.txt
+  sort -t'|' -k2 -n -r $BG/importtime.txt | head -12
+  tail -n 5 $BG/train.log ;;
+one-gpu)
+  (CUDA_VISIBLE_DEVICES=1 TEST_TIMEOUT=560 OUT=$BG bash bench/gpu_host/tests.sh tests/gpu \
+     --ignore=tests/gpu/test_tp2.py > $BG/tests1.out 2>&1) &
+  for i in $(seq 60); do pgrep -f gpu_host/train.sh > /dev/null || break; sleep 2; done  # GPU 0 free
+  echo "train.sh done (or left running) at ${SECONDS}s"; cat $BG/train.log
+  CUDA_VISIBLE_DEVICES=0 bash bench/gpu_host/speed.sh
+  wait; tail -n 25 $BG/tests1.out; cp $BG/pytest.log $OUT/pytest_1gpu.log
+  tar czf $OUT/bg.tgz -C $BG . ;;
+two-gpu)
+  TEST_TIMEOUT=570 bash bench/gpu_host/tests.sh tests/gpu/test_tp2.py ;;
+*) echo "usage: $0 carry K | install | one-gpu | two-gpu" >&2; exit 2 ;;
+esac
