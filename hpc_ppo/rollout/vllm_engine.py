@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import socket
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from hpc_ppo.model import tiny_config
 from hpc_ppo.rollout.allreduce import plan_allreduce
 from hpc_ppo.rollout.base import Sample, SamplingSpec
 from hpc_ppo.rollout.compile import compilation_config
+from hpc_ppo.rollout.model_registry import models_inspected_in_process
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +186,7 @@ class VLLMEngine:
         run_dir: Path,
     ):
         r = rollout
+        started = time.perf_counter()
         if device.type != "cuda":
             raise ValueError(f"rollout.engine=vllm needs a CUDA device, got {device}")
         if not dist.is_initialized():
@@ -218,8 +221,10 @@ class VLLMEngine:
             if r.compile
             else "CUDA graphs of decode steps, not compiled (rollout.compile=false)",
         )
+        ready = time.perf_counter()
         from vllm import LLM  # after point_caches: vLLM and FlashInfer read them at import
 
+        imported = time.perf_counter()
         optional = {
             "kv_cache_memory_bytes": r.kv_cache_memory_bytes,
             "max_num_seqs": r.max_num_seqs,
@@ -228,21 +233,29 @@ class VLLMEngine:
             "enable_chunked_prefill": r.enable_chunked_prefill,
             "compilation_config": compiled,
         }
-        self.llm = LLM(
-            model=path,
-            distributed_executor_backend="external_launcher",
-            tensor_parallel_size=r.tp,
-            enable_sleep_mode=r.free_cache_engine,
-            load_format="dummy",  # the first push_weights fills the weights
-            skip_tokenizer_init=True,  # token ids in, token ids out
-            dtype="bfloat16",
-            seed=seed,
-            gpu_memory_utilization=r.gpu_memory_utilization,
-            enforce_eager=r.enforce_eager,
-            logprobs_mode="processed_logprobs",  # after temperature / top-p, as the trainer
-            generation_config="vllm",  # ignore generation_config.json: no extra stop ids
-            max_model_len=max_prompt_tokens + r.max_new_tokens,
-            **{k: v for k, v in optional.items() if v is not None},
+        with models_inspected_in_process():  # cold caches: no second interpreter (~20 s)
+            self.llm = LLM(
+                model=path,
+                distributed_executor_backend="external_launcher",
+                tensor_parallel_size=r.tp,
+                enable_sleep_mode=r.free_cache_engine,
+                load_format="dummy",  # the first push_weights fills the weights
+                skip_tokenizer_init=True,  # token ids in, token ids out
+                dtype="bfloat16",
+                seed=seed,
+                gpu_memory_utilization=r.gpu_memory_utilization,
+                enforce_eager=r.enforce_eager,
+                logprobs_mode="processed_logprobs",  # after temperature / top-p, as the trainer
+                generation_config="vllm",  # ignore generation_config.json: no extra stop ids
+                max_model_len=max_prompt_tokens + r.max_new_tokens,
+                **{k: v for k, v in optional.items() if v is not None},
+            )
+        log.info(
+            "vLLM engine ready in %.1f s: CUDA, groups and plans %.1f, vLLM import %.1f, LLM() %.1f",
+            time.perf_counter() - started,
+            ready - started,
+            imported - ready,
+            time.perf_counter() - imported,
         )
         self._asleep = False  # vLLM starts awake; the first cycle's wakes are no-ops
         self.used_bytes_awake = (

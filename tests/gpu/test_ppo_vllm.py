@@ -20,8 +20,8 @@ def run_cli(env: dict, *args: str, timeout: int) -> tuple[Path, list[dict]]:
 def test_three_ppo_steps_on_a_qwen05b_shape(model_dir, tmp_path, local_env, vllm_cache):
     run_dir, rows = run_cli(
         local_env,
-        vllm_cache,
         str(CONFIGS / "gpu-smoke-0.5b.yaml"),
+        vllm_cache,
         f"model.path={model_dir}",
         f"trainer.output_dir={tmp_path}",
         "trainer.total_steps=3",
