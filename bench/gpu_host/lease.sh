@@ -26,8 +26,11 @@ install)
 one-gpu)
   (CUDA_VISIBLE_DEVICES=1 TEST_TIMEOUT=560 OUT=$BG bash bench/gpu_host/tests.sh tests/gpu \
      --ignore=tests/gpu/test_tp2.py > $BG/tests1.out 2>&1) &
-  for i in $(seq 60); do pgrep -f gpu_host/train.sh > /dev/null || break; sleep 2; done  # GPU 0 free
-  echo "train.sh done (or left running) at ${SECONDS}s"; cat $BG/train.log
+  # GPU 0 must be free: vLLM's memory profile fails when another process frees memory meanwhile
+  # (it did, the one time this waited only 120 s)
+  for i in $(seq 150); do pgrep -f gpu_host/train.sh > /dev/null || break; sleep 2; done
+  pkill -f gpu_host/train.sh && { sleep 5; echo "train.sh stopped unfinished"; }
+  echo "GPU 0 free at ${SECONDS}s"; cat $BG/train.log
   CUDA_VISIBLE_DEVICES=0 bash bench/gpu_host/speed.sh
   wait; tail -n 25 $BG/tests1.out; cp $BG/pytest.log $OUT/pytest_1gpu.log
   tar czf $OUT/bg.tgz -C $BG . ;;
