@@ -29,7 +29,7 @@ one-gpu)
   # GPU 0 must be free: vLLM's memory profile fails when another process frees memory meanwhile
   # (it did, the one time this waited only 120 s)
   for i in $(seq 150); do pgrep -f gpu_host/train.sh > /dev/null || break; sleep 2; done
-  pkill -f gpu_host/train.sh && { sleep 5; echo "train.sh stopped unfinished"; }
+  pkill -f 'gpu_host/train.sh|bench/train.py' && { sleep 5; echo "train.sh stopped unfinished"; }
   echo "GPU 0 free at ${SECONDS}s"; cat $BG/train.log
   CUDA_VISIBLE_DEVICES=0 bash bench/gpu_host/speed.sh
   wait; tail -n 25 $BG/tests1.out; cp $BG/pytest.log $OUT/pytest_1gpu.log
