@@ -71,13 +71,20 @@ MARKS = {
     "engine_ready": re.compile(r"init engine .* took"),
     "resumed": re.compile(r"resumed from "),
 }
-VLLM_FIGURES = {
-    "vllm_init_engine_s": re.compile(r"init engine .* took ([0-9.]+) sec"),
-    "vllm_compile_s": re.compile(r"torch\.compile takes ([0-9.]+) s in total"),
-    "vllm_graph_capture_s": re.compile(r"Graph capturing finished in ([0-9.]+) sec"),
-    "vllm_weights_gib": re.compile(r"Model loading took ([0-9.]+) GiB"),
-    "vllm_kv_cache_gib": re.compile(r"Available KV cache memory: ([0-9.]+) GiB"),
-}
+# Figures read from log lines (first occurrence), one per named group. vLLM's wording moves
+# between versions: 0.26 says "took 46.78 s" where older ones said "took 46.78 seconds".
+FIGURES = [
+    re.compile(r"init engine .* took (?P<vllm_init_engine_s>[0-9.]+) s"),
+    re.compile(r"torch\.compile (?:takes|took) (?P<vllm_compile_s>[0-9.]+) s in total"),
+    re.compile(r"Graph capturing finished in (?P<vllm_graph_capture_s>[0-9.]+) sec"),
+    re.compile(r"Model loading took (?P<vllm_weights_gib>[0-9.]+) GiB"),
+    re.compile(r"Available KV cache memory: (?P<vllm_kv_cache_gib>[0-9.]+) GiB"),
+    re.compile(  # rollout/vllm_engine.py's split of the engine stage
+        r"vLLM engine ready in (?P<engine_s>[0-9.]+) s: CUDA, groups and plans "
+        r"(?P<engine_before_vllm_s>[0-9.]+), vLLM import (?P<engine_vllm_import_s>[0-9.]+), "
+        r"LLM\(\) (?P<engine_llm_s>[0-9.]+)"
+    ),
+]
 
 
 def run_logged(cmd: list[str], log_path: Path, timeout_s: float) -> tuple[int, float, dict, str]:
@@ -102,10 +109,10 @@ def run_logged(cmd: list[str], log_path: Path, timeout_s: float) -> tuple[int, f
                 for name, rx in MARKS.items():
                     if name not in marks and rx.search(line):
                         marks[name] = round(now, 2)
-                for name, rx in VLLM_FIGURES.items():
+                for rx in FIGURES:
                     m = rx.search(line)
-                    if m and name not in figures:
-                        figures[name] = float(m.group(1))
+                    for name, value in (m.groupdict() if m else {}).items():
+                        figures.setdefault(name, float(value))
                 tail.append(line)
                 del tail[:-200]
 

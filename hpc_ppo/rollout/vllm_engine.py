@@ -84,6 +84,18 @@ def model_dir(mc: ModelConfig, tokenizer: PreTrainedTokenizerBase, run_dir: Path
     return str(out)
 
 
+def log_engine_ready(started: float, ready: float, imported: float, now: float) -> None:
+    """The engine stage's split, one line (bench/step.py reads it): our checks and groups,
+    vLLM's import, and LLM() itself."""
+    log.info(
+        "vLLM engine ready in %.1f s: CUDA, groups and plans %.1f, vLLM import %.1f, LLM() %.1f",
+        now - started,
+        ready - started,
+        imported - ready,
+        now - imported,
+    )
+
+
 def request_seed(seed: int, index: int) -> int:
     """Seed of prompt `index`'s request; vLLM gives its n samples seed, seed+1, ... seed+n-1.
 
@@ -250,13 +262,7 @@ class VLLMEngine:
                 max_model_len=max_prompt_tokens + r.max_new_tokens,
                 **{k: v for k, v in optional.items() if v is not None},
             )
-        log.info(
-            "vLLM engine ready in %.1f s: CUDA, groups and plans %.1f, vLLM import %.1f, LLM() %.1f",
-            time.perf_counter() - started,
-            ready - started,
-            imported - ready,
-            time.perf_counter() - imported,
-        )
+        log_engine_ready(started, ready, imported, time.perf_counter())
         self._asleep = False  # vLLM starts awake; the first cycle's wakes are no-ops
         self.used_bytes_awake = (
             0  # device memory in use after the last generate: vLLM awake + training's tensors
