@@ -11,7 +11,8 @@ and imports the same model module a moment later to load it, so the inspection r
 vLLM still writes its cache file; a warm start never reaches this path.
 
 The hook is vLLM's private `registry._run_in_subprocess`: checked by name and restored on
-exit; where a vLLM version lacks it, nothing is patched and vLLM behaves as shipped.
+exit; where a vLLM version lacks it, nothing is patched and vLLM behaves as shipped, and an
+inspection that fails here is retried vLLM's way (a subprocess).
 """
 
 from __future__ import annotations
@@ -27,10 +28,6 @@ REGISTRY = "vllm.model_executor.models.registry"
 HOOK = "_run_in_subprocess"
 
 
-def _in_process(fn: Callable[[], Any]) -> Any:
-    return fn()
-
-
 @contextlib.contextmanager
 def models_inspected_in_process(module: str = REGISTRY) -> Iterator[bool]:
     """While open, vLLM inspects model classes in this process; yields whether it could."""
@@ -43,7 +40,15 @@ def models_inspected_in_process(module: str = REGISTRY) -> Iterator[bool]:
         log.info("vLLM has no %s.%s: model inspection left to vLLM", module, HOOK)
         yield False
         return
-    setattr(registry, HOOK, _in_process)
+
+    def in_process(fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as e:  # whatever it was, vLLM's own way may still work
+            log.warning("vLLM model inspection failed in-process (%s); in a subprocess instead", e)
+            return shipped(fn)
+
+    setattr(registry, HOOK, in_process)
     try:
         yield True
     finally:

@@ -14,8 +14,11 @@ from hpc_ppo.rollout.model_registry import models_inspected_in_process
 def registry(monkeypatch) -> types.ModuleType:
     module = types.ModuleType("fake_vllm_registry")
 
-    def shipped(fn):  # what vLLM does: run fn somewhere else
-        raise AssertionError("a subprocess was started")
+    def shipped(fn):  # what vLLM does: run fn somewhere else (here: records that it did)
+        module.subprocess_runs.append(fn)
+        return "from a subprocess"
+
+    module.subprocess_runs = []
 
     module._run_in_subprocess = shipped
     monkeypatch.setitem(sys.modules, module.__name__, module)
@@ -28,6 +31,17 @@ def test_inspection_runs_here_and_vllms_function_comes_back(registry):
         assert patched
         assert registry._run_in_subprocess(os.getpid) == os.getpid()
     assert registry._run_in_subprocess is shipped
+    assert registry.subprocess_runs == []
+
+
+def test_an_inspection_failing_here_is_retried_vllms_way(registry, caplog):
+    def inspect():
+        raise ImportError("needs a fresh interpreter")
+
+    with models_inspected_in_process(registry.__name__):
+        assert registry._run_in_subprocess(inspect) == "from a subprocess"
+    assert registry.subprocess_runs == [inspect]
+    assert "needs a fresh interpreter" in caplog.text
 
 
 def test_restored_when_the_engine_start_fails(registry):
