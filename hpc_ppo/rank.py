@@ -51,6 +51,7 @@ def main(run_dir: str | Path, stop: StopFlag) -> int:
 
     # Start-up seconds by phase (logged by the trainer, and as startup/* with the first step).
     startup = {"interpreter_and_imports": process_age() or 0.0}
+    setup_start = time.perf_counter()
 
     run_dir = Path(run_dir).resolve()
     env = resolve_rank_env()
@@ -70,6 +71,7 @@ def main(run_dir: str | Path, stop: StopFlag) -> int:
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     device = pick_device(cfg.trainer.device, env.local_rank)
     start = time.perf_counter()
+    startup["config_and_logging"] = start - setup_start
     init_distributed(env, device)
     startup["process_group"] = time.perf_counter() - start
     try:
@@ -80,8 +82,10 @@ def main(run_dir: str | Path, stop: StopFlag) -> int:
             save_on_stop(stop, done, done, lambda: 0.0, env.rank)
             finished = False
         else:
-            from hpc_ppo.trainer import Trainer
+            start = time.perf_counter()
+            from hpc_ppo.trainer import Trainer  # transformers, DTensor, DCP: seconds on a GPU host
 
+            startup["trainer_imports"] = time.perf_counter() - start
             trainer = Trainer(cfg, run_dir, env.rank, env.world_size, device, stop, startup)
             finished = trainer.fit()
         dist.barrier()

@@ -55,7 +55,9 @@ log = logging.getLogger(__name__)
 # Start-up phases, in order: rank.py's, then the trainer's (`trainer_other`: the rest of it).
 STARTUP_PHASES = (
     "interpreter_and_imports",
+    "config_and_logging",
     "process_group",
+    "trainer_imports",
     "tokenizer_and_data",
     "engine",
     "models",

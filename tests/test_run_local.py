@@ -30,7 +30,8 @@ def test_two_ranks_one_mlflow_run_with_params_and_one_value_per_step(run_tiny):
         assert key in rows[0], key
     # the start-up, by phase, with the process's first step only; imports take a while
     startup = {k: v for k, v in rows[0].items() if k.startswith("startup/")}
-    assert len(startup) == 8 and startup["startup/interpreter_and_imports"] > 0.5, startup
+    assert len(startup) == 10 and startup["startup/interpreter_and_imports"] > 0.5, startup
+    assert startup["startup/trainer_imports"] > 0.1, startup  # transformers, DTensor, DCP
     assert not any(k.startswith("startup/") for r in rows[1:] for k in r)
     assert "INFO hpc_ppo.trainer: start-up " in (run_dir / "run.log").read_text()
     client, run = mlflow_run(run_dir)  # asserts there is exactly one
