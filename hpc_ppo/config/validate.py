@@ -195,11 +195,13 @@ def _check_cross_fields(cfg: Config, errors: list[str], check_paths: bool) -> No
         )
     errors.extend(_validation_errors(cfg, check_paths, sources))
     errors.extend(_reward_errors(cfg, sources))
-    if r.engine == "vllm" and r.tp > 1 and r.allreduce == "fused" and not r.compile:
-        errors.append(
-            "rollout.allreduce=fused is a torch.compile pass, but rollout.compile=false turns"
-            " compiling off: use rollout.allreduce=custom, or rollout.compile=true"
-        )
+    if r.engine == "vllm" and r.tp > 1 and r.allreduce == "fused":
+        off = "rollout.enforce_eager=true" if r.enforce_eager else "rollout.compile=false"
+        if r.enforce_eager or not r.compile:
+            errors.append(
+                f"rollout.allreduce=fused is a torch.compile pass, but {off} turns compiling"
+                " off: use rollout.allreduce=custom, or compile"
+            )
     if r.engine == "vllm" and t.device == "cpu":
         errors.append(
             "rollout.engine=vllm needs trainer.device=cuda (or auto on a GPU node); use rollout.engine=hf on CPU"

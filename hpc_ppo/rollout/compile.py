@@ -11,7 +11,7 @@ decode steps (vLLM's FULL_DECODE_ONLY; prefill runs eager), which is what remove
 launch overhead. Which one is faster per step depends on the model and batch: measure with
 bench/step.py before choosing for a long run.
 
-A pure function of the config and the all-reduce plan: tested on CPU.
+Pure functions of the config and the all-reduce plan: tested on CPU.
 """
 
 from __future__ import annotations
@@ -22,16 +22,18 @@ from typing import Any
 def compilation_config(
     compile: bool, enforce_eager: bool, allreduce: dict[str, Any] | None
 ) -> dict[str, Any] | None:
-    """LLM(compilation_config=...) for these settings, merged with the all-reduce plan's part;
-    ValueError (naming the keys and the fix) for a fusion that needs the compile."""
-    fused = bool((allreduce or {}).get("pass_config", {}).get("fuse_allreduce_rms"))
-    if fused and (not compile or enforce_eager):
-        raise ValueError(
-            "rollout.allreduce=fused is a torch.compile pass, but "
-            + ("rollout.enforce_eager=true" if enforce_eager else "rollout.compile=false")
-            + " turns compiling off: use rollout.allreduce=custom, or compile"
-        )
+    """LLM(compilation_config=...) for these settings, merged with the all-reduce plan's part
+    (a fused all-reduce without compiling is refused by the config's validation)."""
     if compile or enforce_eager:  # vLLM's own defaults; enforce_eager already means no compile
         return allreduce
     # mode 0: no torch.compile; graphs of whole decode steps need no piecewise split
     return {**(allreduce or {}), "mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}
+
+
+def describe(compile: bool, enforce_eager: bool) -> str:
+    """How the engine runs the model, for its log."""
+    if enforce_eager:
+        return "eager (rollout.enforce_eager=true)"
+    if compile:
+        return "torch.compile + CUDA graphs"
+    return "CUDA graphs of decode steps, not compiled (rollout.compile=false)"

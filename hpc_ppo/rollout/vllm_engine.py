@@ -35,7 +35,7 @@ from hpc_ppo.config import BUILTIN_TINY_MODEL, ModelConfig, RolloutConfig, tp_er
 from hpc_ppo.model import tiny_config
 from hpc_ppo.rollout.allreduce import plan_allreduce
 from hpc_ppo.rollout.base import Sample, SamplingSpec
-from hpc_ppo.rollout.compile import compilation_config
+from hpc_ppo.rollout.compile import compilation_config, describe
 from hpc_ppo.rollout.model_registry import models_inspected_in_process
 
 log = logging.getLogger(__name__)
@@ -225,14 +225,7 @@ class VLLMEngine:
         path = model_dir(model, tokenizer, run_dir, self.rank)
 
         compiled = compilation_config(r.compile, r.enforce_eager, plan.compilation_config)
-        log.info(
-            "rollout model: %s",
-            "eager (rollout.enforce_eager=true)"
-            if r.enforce_eager
-            else "torch.compile + CUDA graphs"
-            if r.compile
-            else "CUDA graphs of decode steps, not compiled (rollout.compile=false)",
-        )
+        log.info("rollout model: %s", describe(r.compile, r.enforce_eager))
         ready = time.perf_counter()
         from vllm import LLM  # after point_caches: vLLM and FlashInfer read them at import
 

@@ -6,7 +6,7 @@ from helpers import TINY
 
 from hpc_ppo.config import load_config
 from hpc_ppo.errors import ConfigError
-from hpc_ppo.rollout.compile import compilation_config
+from hpc_ppo.rollout.compile import compilation_config, describe
 
 CUSTOM = {"pass_config": {"fuse_allreduce_rms": False}}
 FUSED = {"pass_config": {"fuse_allreduce_rms": True}}
@@ -30,20 +30,21 @@ def test_no_compile_captures_whole_decode_steps():
 
 
 @pytest.mark.parametrize(
-    "compile, eager, named",
-    [(False, False, "rollout.compile=false"), (True, True, "enforce_eager")],
+    "switch, named",
+    [
+        ("rollout.compile=false", "rollout.compile=false"),
+        ("rollout.enforce_eager=true", "enforce_eager"),
+    ],
 )
-def test_fusion_without_compile_is_refused(compile, eager, named):
-    with pytest.raises(ValueError, match=f"rollout.allreduce=fused.*{named}.*allreduce=custom"):
-        compilation_config(compile, eager, FUSED)
-
-
-def test_config_refuses_fusion_without_compile():
+def test_config_refuses_fusion_without_compile(switch, named):
     overrides = ["rollout.engine=vllm", "trainer.device=cuda", "rollout.tp=2", "trainer.nprocs=2"]
-    with pytest.raises(ConfigError, match="rollout.compile=false turns compiling off"):
-        load_config(
-            TINY,
-            [*overrides, "rollout.allreduce=fused", "rollout.compile=false"],
-            launcher="local",
-        )
-    load_config(TINY, [*overrides, "rollout.compile=false"], launcher="local")
+    with pytest.raises(ConfigError, match=f"rollout.allreduce=fused.*{named}.*allreduce=custom"):
+        load_config(TINY, [*overrides, "rollout.allreduce=fused", switch], launcher="local")
+    load_config(TINY, [*overrides, switch], launcher="local")
+    load_config(TINY, [*overrides, "rollout.allreduce=fused"], launcher="local")
+
+
+def test_the_engine_says_how_it_runs_the_model():
+    assert describe(True, False) == "torch.compile + CUDA graphs"
+    assert "rollout.compile=false" in describe(False, False)
+    assert "enforce_eager" in describe(True, True) and "enforce_eager" in describe(False, True)
