@@ -129,6 +129,7 @@ def _overrides(a: argparse.Namespace) -> list[str]:
         f"model.dtype={a.dtype}",
         f"rollout.tp={a.tp}",
         f"trainer.nprocs={a.tp}",
+        "rollout.cudagraph_max_batch=512",  # its batches are --prompts, not a training step's
     ]  # sampling comes from the bench's own SamplingSpec, not from the config
 
 

@@ -142,6 +142,12 @@ class RolloutConfig:
         doc="vLLM: torch.compile the model; false: CUDA graphs of decode steps without"
         " compiling (shorter cold start; see rollout/compile.py)",
     )
+    cudagraph_max_batch: int | None = _spec(
+        None,
+        ge=1,
+        doc="vLLM: largest decode batch captured as a CUDA graph; null: the sequences one step"
+        " sends the engine (at most 512, vLLM's default)",
+    )
     allreduce: str = _spec(
         "custom",
         choices=("custom", "fused", "vllm"),

@@ -10,9 +10,11 @@ and the GPU tests alike.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from transformers import PreTrainedTokenizerBase
 
 from hpc_ppo.config import Config
@@ -35,8 +37,16 @@ def make_engine(
             seed=cfg.trainer.seed,
             max_prompt_tokens=cfg.data.max_prompt_tokens,
             run_dir=run_dir,
+            sequences_per_step=sequences_per_step(cfg, dist.get_world_size()),
         )
     from hpc_ppo.rollout.hf_engine import HFEngine
 
     model = load_policy(cfg.model, tokenizer, cfg.trainer.seed)
     return HFEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id, device)
+
+
+def sequences_per_step(cfg: Config, world_size: int) -> int:
+    """What one training step's rollout sends each vLLM engine: this rank's prompts times
+    rollout.n, from every rank of its TP group (the engine generates for the whole group)."""
+    r = cfg.rollout
+    return math.ceil(cfg.trainer.batch_size / world_size) * r.n * r.tp

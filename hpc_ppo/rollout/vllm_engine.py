@@ -35,7 +35,7 @@ from hpc_ppo.config import BUILTIN_TINY_MODEL, ModelConfig, RolloutConfig, tp_er
 from hpc_ppo.model import tiny_config
 from hpc_ppo.rollout.allreduce import plan_allreduce
 from hpc_ppo.rollout.base import Sample, SamplingSpec
-from hpc_ppo.rollout.compile import compilation_config, describe
+from hpc_ppo.rollout.compile import compilation_config, describe, graph_batch_limit
 from hpc_ppo.rollout.model_registry import models_inspected_in_process
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,9 @@ def _logprobs_of(logprobs: Any, tokens: Sequence[int]) -> list[float]:
 
 class VLLMEngine:
     """One rank's engine; `run_dir` is the run folder (the built-in model's config.json is
-    written below it, and the caches default to `<its parent>/.cache`)."""
+    written below it, and the caches default to `<its parent>/.cache`). `sequences_per_step`:
+    the sequences one training step sends this engine from its whole TP group (it sizes the
+    CUDA graphs unless rollout.cudagraph_max_batch does)."""
 
     def __init__(
         self,
@@ -196,6 +198,7 @@ class VLLMEngine:
         seed: int,
         max_prompt_tokens: int,
         run_dir: Path,
+        sequences_per_step: int,
     ):
         r = rollout
         started = time.perf_counter()
@@ -224,8 +227,11 @@ class VLLMEngine:
         self.allreduce = plan.description
         path = model_dir(model, tokenizer, run_dir, self.rank)
 
-        compiled = compilation_config(r.compile, r.enforce_eager, plan.compilation_config)
-        log.info("rollout model: %s", describe(r.compile, r.enforce_eager))
+        graph_batch = graph_batch_limit(r.cudagraph_max_batch, sequences_per_step)
+        compiled = compilation_config(
+            r.compile, r.enforce_eager, plan.compilation_config, graph_batch
+        )
+        log.info("rollout model: %s", describe(r.compile, r.enforce_eager, graph_batch))
         ready = time.perf_counter()
         from vllm import LLM  # after point_caches: vLLM and FlashInfer read them at import
 
