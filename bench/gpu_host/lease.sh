@@ -1,7 +1,8 @@
 # One x2 lease for the GPU acceptance points (README.md beside this file): an `hpc-ppo bundle`
 # carried part by part while GPU 0 runs the no-vLLM training bench, then both GPUs at once.
-#   carry K       copy .gpu-bundle/pK to ~/gb (carry it); K=1 also starts train.sh in the
-#                 background (setsid: it outlives the call while the host stays warm)
+#   carry K       copy .gpu-bundle/pK to ~/gb (carry it); K=1 also starts BG_JOB in the
+#                 background (setsid: it outlives the call while the host stays warm):
+#                 BG_JOB=train (train.sh on GPU 0), model7b (tp2.sh's 7B model folder, GPU 1)
 #   install       bundle.sh install, vLLM's import time (-X importtime)
 #   one-gpu       GPU 1: the 1-GPU tests; GPU 0: speed.sh (PARTS) once train.sh is done;
 #                 both awaited; bg.tgz holds train.sh's and the tests' files
@@ -15,7 +16,10 @@ carry)
   if [ "$2" = 1 ]; then
     python3 -m pip freeze > $OUT/freeze.txt
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-    CUDA_VISIBLE_DEVICES=0 OUT=$BG setsid nohup bash bench/gpu_host/train.sh > $BG/train.log 2>&1 < /dev/null &
+    case "$BG_JOB" in
+    train) CUDA_VISIBLE_DEVICES=0 OUT=$BG setsid nohup bash bench/gpu_host/train.sh > $BG/train.log 2>&1 < /dev/null & ;;
+    model7b) CUDA_VISIBLE_DEVICES=1 setsid nohup bash bench/gpu_host/tp2.sh model > $BG/train.log 2>&1 < /dev/null & ;;
+    esac
   fi
   tail -n 2 $BG/train.log 2>/dev/null ;;
 install)

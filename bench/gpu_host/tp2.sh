@@ -4,15 +4,18 @@
 #   bash bench/gpu_host/tp2.sh ppo     # 3 PPO steps: phases, MFU, memory, final save
 #   bash bench/gpu_host/tp2.sh gen     # 1024 prompts x 200 tokens -> 512 new, in-rank
 #   bash bench/gpu_host/tp2.sh async   # what an async save blocks at full depth (see below)
+#   bash bench/gpu_host/tp2.sh model   # only write the model folder (lease.sh: during the carry)
 set -o pipefail
 export PYTHONPATH=$PWD:$HOME/hpc-ppo-site PYTHONUNBUFFERED=1
 S=/tmp/hpcppo/s7; M=$S/model-7b-full; mkdir -p $S
 python3 -c "import sys; sys.path.insert(0, '.'); from pathlib import Path; from bench.rollout import write_model_dir; write_model_dir(Path('$M'), shape='7b')"
+echo "7B model folder ready at ${SECONDS}s: $(du -sh $M | cut -f1)"
 PPO7B="trainer.nprocs=2 rollout.tp=2 algo.name=ppo algo.kl_coef=0.001 algo.kl_mode=reward
   model.dtype=bfloat16 model.gradient_checkpointing=true rollout.enforce_eager=false
   rollout.gpu_memory_utilization=0.35 rollout.n=2 trainer.batch_size=64 algo.mini_batch_size=32
   trainer.micro_batch_size=4 trainer.max_tokens_per_micro_batch=4096 rollout.compile=true"
 case "$1" in
+model) ;;
 ppo)
   timeout 570 python3 bench/step.py --out $S --timeout-s 540 --shape 7b --steps 3 --log $OUT/ppo7b.log \
     $PPO7B > $OUT/ppo7b.json 2>&1
@@ -28,7 +31,9 @@ async)
   # background (trainer.async_save), step 4's save commits it, and the run is killed (process
   # group, SIGKILL: SIGTERM would save again) as soon as step_2 is committed. Its metrics rows
   # say what the save blocked (time/save of step 2) and what the write cost step 3.
-  R=$S/runs-async; rm -rf $R
+  # Disk: the speed and test runs' checkpoints and the carried wheels go first (83 GB to come)
+  R=$S/runs-async; rm -rf $R /tmp/hpcppo/speed /tmp/hpcppo/speed-nc /tmp/hpcppo/pt ~/gb
+  df -h /tmp | tail -1
   setsid python3 -m hpc_ppo.cli run configs/gpu-step.yaml model.path=$M trainer.output_dir=$R \
     trainer.total_steps=4 trainer.save_every=2 trainer.async_save=true $PPO7B > $OUT/async7b.log 2>&1 &
   pid=$!
