@@ -3,8 +3,9 @@
     hpc-ppo run configs/tiny-cpu.yaml && cat runs/*/run.log      # rank 0's story, all warnings
 
 `RUN_DIR/run.log` holds rank 0's records (INFO and up) and every rank's warnings and errors,
-appended across requeues; each record names its restart (`SLURM_RESTART_COUNT`, 0 outside
-Slurm or on the first start) and rank, so `grep 'restart 1'` shows what the second job did.
+appended across requeues; each record names its restart (`SLURM_RESTART_COUNT`; outside
+Slurm, how many times `hpc-ppo run` started this run folder before; 0 on the first start) and
+rank, so `grep 'restart 1'` shows what the second job did.
 Every rank appends to the one file: records are single `write` calls on an O_APPEND file,
 which local and parallel file systems keep whole (a shared file beats one file per rank on a
 login node: one `tail -f`).
@@ -22,10 +23,11 @@ LOG_FILE = "run.log"
 
 
 def restart_count(environ: Mapping[str, str] | None = None) -> int:
-    """Slurm's restart count of this job (0 when absent: a first start, or no Slurm)."""
+    """Slurm's restart count of this job; outside Slurm, how many times `hpc-ppo run RUN_DIR`
+    started this run folder before (HPC_PPO_RESTART, set by launch/local.py); 0 when absent."""
     environ = os.environ if environ is None else environ
     try:
-        return int(environ.get("SLURM_RESTART_COUNT", "0") or 0)
+        return int(environ.get("SLURM_RESTART_COUNT") or environ.get("HPC_PPO_RESTART") or 0)
     except ValueError:
         return 0
 

@@ -129,13 +129,12 @@ def test_stop_and_resume_keep_one_log_file_and_one_tensorboard_value_per_step(
     stopped_at = max(step_numbers(first))
     assert stopped_at < steps, first
 
-    # The resume runs as a requeued job would be numbered: restart 1.
-    env = {**local_env(), "SLURM_RESTART_COUNT": "1"}
+    # The second start of the run folder is restart 1, as a requeued job's would be.
     with open(tmp_path / "log2", "w") as f:
         rc = subprocess.run(
             [sys.executable, "-m", "hpc_ppo.cli", "run", str(run_dir)],
             cwd=REPO,
-            env=env,
+            env=local_env(),
             stdout=f,
             stderr=subprocess.STDOUT,
             timeout=240,
@@ -148,6 +147,7 @@ def test_stop_and_resume_keep_one_log_file_and_one_tensorboard_value_per_step(
     assert step_numbers(run_log) == list(range(1, steps + 1)), run_log  # both parts, in order
     first_part, _, second_part = run_log.partition("[restart 1]")
     assert "[restart 0] [rank 0]" in first_part and second_part, run_log
+    assert "[restart 0]" not in second_part and "[restart 2]" not in run_log, run_log
 
     jsonl_steps: dict[str, list[int]] = {}
     for row in metrics(run_dir):

@@ -15,6 +15,9 @@ def test_restart_count_reads_slurm_and_defaults_to_zero() -> None:
     assert restart_count({}) == 0
     assert restart_count({"SLURM_RESTART_COUNT": "2"}) == 2
     assert restart_count({"SLURM_RESTART_COUNT": "x"}) == 0
+    # outside Slurm the local launcher's count of earlier starts; Slurm's wins inside a job
+    assert restart_count({"HPC_PPO_RESTART": "3"}) == 3
+    assert restart_count({"SLURM_RESTART_COUNT": "1", "HPC_PPO_RESTART": "3"}) == 1
 
 
 def test_log_file_appends_across_restarts_with_the_count(

@@ -26,6 +26,7 @@ def launch_local(cfg: Config, run_dir: Path) -> int:
     port = find_free_port()
     threads = cfg.trainer.threads_per_rank or max(1, (os.cpu_count() or 1) // n)
     procs: list[subprocess.Popen] = []
+    restart = _count_start(run_dir)  # 0 on the first start; `[restart N]` in run.log
 
     # A stop request for the launcher is a stop request for every rank: they agree, save and
     # exit 0 by themselves (Ctrl-C in a terminal already reaches them through the process group).
@@ -46,6 +47,7 @@ def launch_local(cfg: Config, run_dir: Path) -> int:
                 "MASTER_ADDR": "127.0.0.1",
                 "MASTER_PORT": str(port),
                 "OMP_NUM_THREADS": str(threads),
+                "HPC_PPO_RESTART": str(restart),
             }
             # Blocked across the exec, a stop signal waits for the rank's handlers (hpc_ppo.rank
             # unblocks it) instead of killing the interpreter as it starts. Ranks agree on a
@@ -57,6 +59,17 @@ def launch_local(cfg: Config, run_dir: Path) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _count_start(run_dir: Path) -> int:
+    """Starts of this run folder before this one (RUN_DIR/local_starts), and count this one."""
+    path = run_dir / "local_starts"
+    try:
+        before = int(path.read_text().strip() or 0)
+    except (OSError, ValueError):
+        before = 0
+    path.write_text(f"{before + 1}\n")
+    return before
 
 
 def _wait_all(procs: list[subprocess.Popen]) -> int:
