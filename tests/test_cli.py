@@ -209,6 +209,8 @@ def test_small_cli_answers(tmp_path, capsys):
     before = (run_dir / "config.yaml").read_text()
     assert main(["validate", str(run_dir), "trainer.total_steps=7"]) == 0
     assert "total_steps: 7" in capsys.readouterr().out
+    assert main(["validate", str(run_dir), "trainer.profile_steps=[3]"]) == 0  # only watches
+    capsys.readouterr()
     assert (run_dir / "config.yaml").read_text() == before  # validate never writes
     assert main(["validate", str(run_dir), "algo.clip_ratio=0.3"]) == 2
     assert "algo.clip_ratio: cannot change when resuming" in capsys.readouterr().err

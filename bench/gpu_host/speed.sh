@@ -20,7 +20,7 @@ part() {  # name, then the command's arguments
 }
 part cold $B --timeout-s 200 --shape 0.5b --steps 6
 R=$(ls -d $S/runs/gpu-step-* 2>/dev/null | head -1)
-part warm $B --timeout-s 120 --resume $R --steps 2 trainer.profile_steps=[7]
+part warm $B --timeout-s 120 --resume $R --steps 2 trainer.profile_steps=[7]  # may change on resume
 cp $R/profile/step_7.rank0.txt $W/profile_warm.txt 2>/dev/null
 part nocompile_cold $BN --timeout-s 150 --shape 0.5b --steps 4 rollout.compile=false
 RN=$(ls -d $N/runs/gpu-step-* 2>/dev/null | head -1)

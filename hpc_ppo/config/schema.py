@@ -20,6 +20,7 @@ RESUMABLE_KEYS = (
     "trainer.nprocs",
     "trainer.threads_per_rank",
     "trainer.total_steps",
+    "trainer.profile_steps",  # profiling only watches: a resumed run may profile other steps
     "tracking.uri",
 )
 
