@@ -120,13 +120,18 @@ def save_async(
     trainer_state: dict[str, Any],
     keep: int,
     group: dist.ProcessGroup,
+    writer: dcp.FileSystemWriter | None = None,
 ) -> tuple[float, PendingSave]:
     """Stage the state in CPU memory and write it in a background thread; returns the seconds
     training was blocked. `group` is a gloo group used by nothing else, so the writer's
-    collectives never interleave with training's. Call `finish` before the next save."""
+    collectives never interleave with training's. `writer`: one kept across saves (its staged
+    copy is reused); None: DCP's default, a fresh pageable copy each save. Call `finish`
+    before the next save."""
     start = time.perf_counter()
     tmp, state = _begin(run_dir, step, parts, trainer_state)
-    future = dcp.async_save(_app_state(parts), checkpoint_id=str(tmp), process_group=group)
+    future = dcp.async_save(
+        _app_state(parts), checkpoint_id=str(tmp), storage_writer=writer, process_group=group
+    )
     return time.perf_counter() - start, PendingSave(future, tmp, state, keep, run_dir)
 
 
@@ -222,12 +227,26 @@ class Checkpointer:
     """
 
     def __init__(
-        self, run_dir: Path, states: list[Checkpointable], keep: int, async_save: bool
+        self,
+        run_dir: Path,
+        states: list[Checkpointable],
+        keep: int,
+        async_save: bool,
+        pinned: bool = True,
     ) -> None:
         self.run_dir, self.states, self.keep, self.async_save = run_dir, states, keep, async_save
         self.pending: PendingSave | None = None
         # Async saves run their collectives on a group of their own (never interleaved).
         self.group = dist.new_group(backend="gloo") if async_save else None
+        # trainer.async_save_pinned: one writer for the run, whose staged copy of the state is
+        # pinned host memory allocated at the first save and refilled at the next (measured on
+        # an H200, 12 GiB: DCP's default blocks 9.1 s at every save; this 6.8 s once, then
+        # 0.26 s). Pinning needs a GPU; CPU runs keep the default.
+        self.writer = (
+            dcp.FileSystemWriter(checkpoint_root(run_dir), cache_staged_state_dict=True)
+            if async_save and pinned and _on_gpu(states)
+            else None
+        )
 
     def resume(self, total_steps: int, warn: bool) -> dict[str, Any] | None:
         """Restore the newest complete checkpoint (if any) into `states`; its trainer.json."""
@@ -249,7 +268,7 @@ class Checkpointer:
         self.finish_pending()
         if self.async_save and not final:
             blocked, self.pending = save_async(
-                self.run_dir, done, self.states, trainer_state, self.keep, self.group
+                self.run_dir, done, self.states, trainer_state, self.keep, self.group, self.writer
             )
             return blocked
         return save(self.run_dir, done, self.states, trainer_state, self.keep)
@@ -258,6 +277,10 @@ class Checkpointer:
         if self.pending is not None:
             finish(self.pending)
             self.pending = None
+
+
+def _on_gpu(states: list[Checkpointable]) -> bool:
+    return any(p.device.type == "cuda" for s in states for p in s.model.parameters())
 
 
 def load_model_only(path: Path, name: str, model: nn.Module) -> None:

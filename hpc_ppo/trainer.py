@@ -137,7 +137,7 @@ class Trainer:
             defer_grad_reduce=t.defer_grad_reduce,
         )
         self.checkpoints = Checkpointer(
-            run_dir, self.optim.states, t.keep_checkpoints, t.async_save
+            run_dir, self.optim.states, t.keep_checkpoints, t.async_save, t.async_save_pinned
         )
         with clock("restore"):
             resumed = self.checkpoints.resume(t.total_steps, warn=rank == 0)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.distributed.checkpoint.staging as staging
 from helpers import final_weights, metrics
+from test_checkpoint import _parts, _train_a_little
 
+from hpc_ppo import checkpoint as ckpt
 from hpc_ppo.checkpoint import complete_steps
 
 
@@ -26,3 +29,39 @@ def test_async_saves_commit_and_match_sync_saves(run_tiny):
         assert all(torch.equal(a[k], s[k]) for k in s), step
     rows = metrics(asyn)
     assert sorted(r["step"] for r in rows if "time/save" in r) == [1, 3, 5]
+
+
+def test_a_writer_kept_across_saves_stages_each_saves_own_state(one_rank, tmp_path, monkeypatch):
+    """trainer.async_save_pinned's path (one writer whose staged copy is refilled at every
+    save), on CPU: pinning needs a GPU, so the staged copy is plain memory here. Each
+    checkpoint holds the state at its own save, not the first save's and not a later one."""
+    create = staging._create_cpu_state_dict
+    monkeypatch.setattr(
+        staging, "_create_cpu_state_dict", lambda sd, pin_memory=False, **kw: create(sd, **kw)
+    )
+    monkeypatch.setattr(ckpt, "_on_gpu", lambda states: True)
+    parts = _parts(64)
+    saver = ckpt.Checkpointer(tmp_path, parts, keep=3, async_save=True, pinned=True)
+    assert isinstance(saver.writer, ckpt.dcp.FileSystemWriter)
+    snapshots = {}
+    for step in (1, 2):
+        _train_a_little(parts)
+        saver.save(step, {"sampler": {"position": step}}, final=False)
+        snapshots[step] = [{k: v.clone() for k, v in p.model.state_dict().items()} for p in parts]
+        _train_a_little(parts)  # training goes on while the save is written
+    saver.finish_pending()
+    assert complete_steps(tmp_path) == [1, 2]
+    for step, saved in snapshots.items():
+        other = _parts(64)
+        state = ckpt.load(ckpt.checkpoint_root(tmp_path) / f"step_{step}", other)
+        assert state["sampler"] == {"position": step}
+        for p, want in zip(other, saved, strict=True):
+            assert all(torch.equal(p.model.state_dict()[k], v) for k, v in want.items()), step
+            assert p.optimizer.state_dict()["state"][0]["step"] == 2 * step - 1, step
+            assert p.scheduler.last_epoch == 2 * step - 1, step
+
+
+def test_cpu_runs_keep_dcps_default_staging(one_rank, tmp_path):
+    parts = _parts(64)
+    assert ckpt.Checkpointer(tmp_path, parts, 2, async_save=True, pinned=True).writer is None
+    assert ckpt.Checkpointer(tmp_path, parts, 2, async_save=False, pinned=True).writer is None

@@ -259,6 +259,12 @@ class TrainerConfig:
     save_every: int = _spec(0, ge=0, doc="checkpoint every N steps (0: only at the end / on stop)")
     keep_checkpoints: int = _spec(2, ge=2, doc="complete checkpoints kept")
     async_save: bool = _spec(False, doc="write periodic checkpoints in a background thread")
+    async_save_pinned: bool = _spec(
+        True,
+        doc="async saves on GPUs: the CPU copy stays in pinned memory between saves (blocks"
+        " 0.26 s instead of 9.1 s per 12 GiB from the second save on; holds a rank's share of"
+        " the checkpoint in host memory for the whole run)",
+    )
     threads_per_rank: int | None = _spec(
         None, ge=1, doc="torch CPU threads per rank (default: cores / ranks)"
     )
