@@ -9,8 +9,8 @@ Prints one JSON object. Each mode runs in a fresh process, one after the other, 
 GPU, model directory (a Qwen2.5-0.5B-shaped model with random weights, written once), prompts
 and per-request sampling seeds:
 
-- inrank: what the trainer runs. VLLMEngine(external_launcher) first, then the FSDP2 policy
-  (kept resident), a small warm-up and a first full-size generation (tok_per_s_before_cycle),
+- inrank: what the trainer runs. The FSDP2 policy (kept resident), then VLLMEngine
+  (external_launcher), a small warm-up and a first full-size generation (tok_per_s_before_cycle),
   then a sleep -> wake_weights -> push -> wake_cache cycle (each timed), then the timed
   generation (tok_per_s). inrank-nogc: the same with Python's GC off during that generation.
 - standalone: vllm.LLM with its default executor (engine core in its own process), weights
@@ -158,10 +158,10 @@ def run_inrank(a: argparse.Namespace) -> dict:
     init_distributed(env, device)
     cfg = load_config(None, _overrides(a))
     tok = build_tokenizer(cfg.model)
+    policy = shard(load_policy(cfg.model, tok, 0), device, mixed_bf16=True)  # resident from here on
     t0 = time.perf_counter()
     engine = make_engine(cfg, tok, device, Path(a.work_dir) / "bench-run")
     init_s = time.perf_counter() - t0
-    policy = shard(load_policy(cfg.model, tok, 0), device, mixed_bf16=True)  # resident from here on
     bf16 = torch.bfloat16
     engine.push_weights(full_state_iter(policy, bf16))
     engine.wake_cache()

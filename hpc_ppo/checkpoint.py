@@ -157,7 +157,7 @@ def _begin(
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     dist.barrier()
-    torch.save(_rng_state(), tmp / f"rng_rank{dist.get_rank()}.pt")
+    torch.save(rng_state(), tmp / f"rng_rank{dist.get_rank()}.pt")
     state = {
         **trainer_state,
         "step": step,
@@ -206,7 +206,7 @@ def load(path: Path, parts: list[Checkpointable]) -> dict[str, Any]:
         p.scheduler.load_state_dict(state["schedulers"][p.name])
     rng_file = path / f"rng_rank{dist.get_rank()}.pt"
     if state["world_size"] == dist.get_world_size() and rng_file.is_file():
-        _set_rng_state(torch.load(rng_file, weights_only=False))
+        set_rng_state(torch.load(rng_file, weights_only=False))
     else:
         log.warning(
             "checkpoint %s was written by %d ranks, this job has %d: model and optimizer are "
@@ -301,7 +301,8 @@ def _app_state(parts: list[Checkpointable]) -> dict[str, Any]:
     return out
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
+    """This process's python, numpy, torch and CUDA random states (what a checkpoint keeps)."""
     state = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
@@ -312,7 +313,7 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])

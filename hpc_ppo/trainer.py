@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from hpc_ppo.batch import (
     computed_tokens,
     plan_micro_batches,
 )
-from hpc_ppo.checkpoint import Checkpointer
+from hpc_ppo.checkpoint import Checkpointer, rng_state, set_rng_state
 from hpc_ppo.config import Config, to_dict
 from hpc_ppo.data import Prompt, encode_prompt, load_prompts, task_prompts
 from hpc_ppo.dist import agree_on_failure
@@ -42,6 +43,7 @@ from hpc_ppo.reward import resolve_rewards, score_samples
 from hpc_ppo.rollout.base import SamplingSpec
 from hpc_ppo.rollout.cycle import rollout
 from hpc_ppo.rollout.make import make_engine
+from hpc_ppo.rollout.preload import EngineImport
 from hpc_ppo.run_tracking import mlflow_ui_hint, record_run, start_tracking
 from hpc_ppo.runlog import LOG_FILE
 from hpc_ppo.sampler import PromptSampler, shard_for_rank
@@ -59,9 +61,9 @@ STARTUP_PHASES = (
     "process_group",
     "trainer_imports",
     "tokenizer_and_data",
-    "engine",
     "models",
     "restore",
+    "engine",
     "tracking",
     "trainer_other",
 )
@@ -95,9 +97,10 @@ class Trainer:
             self.prompts = task_prompts(cfg.data, t.seed)
             self.sampler = PromptSampler(len(self.prompts), t.batch_size, t.seed, cfg.data.shuffle)
             self.rewards = resolve_rewards(cfg.reward)
-        # The tracker first: its thread imports MLflow and opens the store while the engine
-        # starts (the start block waits for the run's page: ~3 s when it started after). The
-        # params follow the restore, whose errors (another model's checkpoint) come first.
+        # The tracker first: its thread imports MLflow and opens the store while the models
+        # load and the engine starts (the start block waits for the run's page: ~3 s when it
+        # started after). The params follow the restore, whose errors (another model's
+        # checkpoint) come first.
         self.tracker: MetricsSink = NullTracker()
         if rank == 0:
             with clock("tracking"):
@@ -109,12 +112,11 @@ class Trainer:
             raise
 
     def _build(self, clock: PhaseTimer, startup: dict[str, float] | None) -> None:
-        """The engine, the models, the optimizers and the checkpoint to resume from."""
+        """The models, the optimizers, the checkpoint to resume from, then the engine: vLLM's
+        import runs meanwhile in a thread (rollout/preload.py)."""
         cfg, run_dir, rank, device = self.cfg, self.run_dir, self.rank, self.device
         t, a = cfg.trainer, cfg.algo
-        with clock("engine"):
-            self.engine = make_engine(cfg, self.tokenizer, device, run_dir)
-        # Seed after the engine: vLLM re-seeds the process when it starts (DESIGN.md).
+        engine_import = EngineImport(cfg, run_dir)
         random.seed(t.seed + rank)
         np.random.seed(t.seed + rank)
         torch.manual_seed(t.seed + rank)
@@ -147,6 +149,23 @@ class Trainer:
         if rank == 0:
             with clock("tracking"):
                 record_run(self.tracker, run_dir, to_dict(cfg))
+        # vLLM re-seeds the process when it starts (DESIGN.md): the streams the loop continues
+        # (seeded above, or the checkpoint's) are put back after it. Memory the restore held
+        # only for its copies goes back to the device before vLLM measures what is free.
+        streams = rng_state()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        with clock("engine"):
+            waiting = time.perf_counter()
+            imported = engine_import.wait()
+            if imported is not None:
+                log.info(
+                    "vLLM imported in %.1f s beside the models and the restore (%.1f s waited)",
+                    imported,
+                    time.perf_counter() - waiting,
+                )
+            self.engine = make_engine(cfg, self.tokenizer, device, run_dir)
+        set_rng_state(streams)
         if resumed and resumed.get("last_metrics"):
             # The last step's metrics ride in the checkpoint: a kill between the commit and the
             # MLflow write cannot lose them (the tracker skips repeats).
