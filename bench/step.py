@@ -84,6 +84,10 @@ FIGURES = [
         r"(?P<engine_before_vllm_s>[0-9.]+), vLLM import (?P<engine_vllm_import_s>[0-9.]+), "
         r"LLM\(\) (?P<engine_llm_s>[0-9.]+)"
     ),
+    re.compile(  # rollout/preload.py: the import beside the models and the restore
+        r"vLLM imported in (?P<vllm_background_import_s>[0-9.]+) s beside .* "
+        r"\((?P<vllm_import_waited_s>[0-9.]+) s waited\)"
+    ),
 ]
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -156,14 +155,7 @@ class Trainer:
         if device.type == "cuda":
             torch.cuda.empty_cache()
         with clock("engine"):
-            waiting = time.perf_counter()
-            imported = engine_import.wait()
-            if imported is not None:
-                log.info(
-                    "vLLM imported in %.1f s beside the models and the restore (%.1f s waited)",
-                    imported,
-                    time.perf_counter() - waiting,
-                )
+            engine_import.wait()
             self.engine = make_engine(cfg, self.tokenizer, device, run_dir)
         set_rng_state(streams)
         if resumed and resumed.get("last_metrics"):

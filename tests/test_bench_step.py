@@ -24,9 +24,10 @@ def figures(lines: list[str]) -> dict[str, float]:
 
 
 def test_vllm_026_lines(caplog):
-    from hpc_ppo.rollout import vllm_engine
+    from hpc_ppo.rollout import preload, vllm_engine
 
-    with caplog.at_level(logging.INFO, logger=vllm_engine.log.name):
+    with caplog.at_level(logging.INFO):
+        preload.log_import(9.46, 4.04)
         vllm_engine.log_engine_ready(started=0.0, ready=1.25, imported=11.0, now=45.5)
     assert figures(
         [
@@ -44,4 +45,6 @@ def test_vllm_026_lines(caplog):
         "engine_before_vllm_s": 1.2,  # %.1f of 1.25
         "engine_vllm_import_s": 9.8,
         "engine_llm_s": 34.5,
+        "vllm_background_import_s": 9.5,
+        "vllm_import_waited_s": 4.0,
     }

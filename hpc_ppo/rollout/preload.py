@@ -47,7 +47,17 @@ class EngineImport:
         self.seconds = time.perf_counter() - start
 
     def wait(self) -> float | None:
+        """Join the import (logging how long it took and how long this waited for it)."""
         if self.thread is None:
             return None
+        start = time.perf_counter()
         self.thread.join()
+        log_import(self.seconds or 0.0, time.perf_counter() - start)
         return self.seconds
+
+
+def log_import(seconds: float, waited: float) -> None:
+    """The line bench/step.py reads (tests/test_bench_step.py)."""
+    log.info(
+        "vLLM imported in %.1f s beside the models and the restore (%.1f s waited)", seconds, waited
+    )
