@@ -28,7 +28,7 @@ from hpc_ppo import checkpoint as ckpt
 from hpc_ppo.checkpoint import Checkpointable
 from hpc_ppo.config import load_config
 from hpc_ppo.errors import ConfigError
-from hpc_ppo.model import build_tokenizer, load_critic, load_policy
+from hpc_ppo.model import build_tokenizer, load_critic, load_policy, shard
 
 
 def resume(run_dir: Path, *overrides: str) -> str:
@@ -186,7 +186,9 @@ def test_resume_refuses_a_changed_experiment_key_and_changes_nothing(killed):
 # ------------------------------------------------------------ in one process, one gloo rank
 
 
-def _parts(hidden: int) -> list[Checkpointable]:
+def _parts(hidden: int, sharded: bool = False) -> list[Checkpointable]:
+    """Policy and critic with AdamW and a scheduler; `sharded`: FSDP2 on this one rank, so the
+    checkpointed state is DTensors, as in a run."""
     cfg = load_config(TINY, [f"model.tiny.hidden_size={hidden}"])
     tok = build_tokenizer(cfg.model)
     parts = []
@@ -194,6 +196,8 @@ def _parts(hidden: int) -> list[Checkpointable]:
         ("policy", load_policy(cfg.model, tok, 0)),
         ("critic", load_critic(cfg.model, tok, 0)),
     ):
+        if sharded:
+            model = shard(model, torch.device("cpu"), mixed_bf16=False)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (s + 1))
         parts.append(Checkpointable(name, model, opt, sched))

@@ -31,7 +31,17 @@ def test_async_saves_commit_and_match_sync_saves(run_tiny):
     assert sorted(r["step"] for r in rows if "time/save" in r) == [1, 3, 5]
 
 
-def test_a_writer_kept_across_saves_stages_each_saves_own_state(one_rank, tmp_path, monkeypatch):
+def _values(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        k: (v.full_tensor() if hasattr(v, "full_tensor") else v).clone()
+        for k, v in model.state_dict().items()
+    }
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["plain", "fsdp2"])
+def test_a_writer_kept_across_saves_stages_each_saves_own_state(
+    one_rank, tmp_path, monkeypatch, sharded
+):
     """trainer.async_save_pinned's path (one writer whose staged copy is refilled at every
     save), on CPU: pinning needs a GPU, so the staged copy is plain memory here. Each
     checkpoint holds the state at its own save, not the first save's and not a later one."""
@@ -40,23 +50,24 @@ def test_a_writer_kept_across_saves_stages_each_saves_own_state(one_rank, tmp_pa
         staging, "_create_cpu_state_dict", lambda sd, pin_memory=False, **kw: create(sd, **kw)
     )
     monkeypatch.setattr(ckpt, "_on_gpu", lambda states: True)
-    parts = _parts(64)
+    parts = _parts(64, sharded)
     saver = ckpt.Checkpointer(tmp_path, parts, keep=3, async_save=True, pinned=True)
     assert isinstance(saver.writer, ckpt.dcp.FileSystemWriter)
     snapshots = {}
     for step in (1, 2):
         _train_a_little(parts)
         saver.save(step, {"sampler": {"position": step}}, final=False)
-        snapshots[step] = [{k: v.clone() for k, v in p.model.state_dict().items()} for p in parts]
+        snapshots[step] = [_values(p.model) for p in parts]
         _train_a_little(parts)  # training goes on while the save is written
     saver.finish_pending()
     assert complete_steps(tmp_path) == [1, 2]
     for step, saved in snapshots.items():
-        other = _parts(64)
+        other = _parts(64, sharded)
         state = ckpt.load(ckpt.checkpoint_root(tmp_path) / f"step_{step}", other)
         assert state["sampler"] == {"position": step}
         for p, want in zip(other, saved, strict=True):
-            assert all(torch.equal(p.model.state_dict()[k], v) for k, v in want.items()), step
+            got = _values(p.model)
+            assert all(torch.equal(got[k], v) for k, v in want.items()), step
             assert p.optimizer.state_dict()["state"][0]["step"] == 2 * step - 1, step
             assert p.scheduler.last_epoch == 2 * step - 1, step
 
