@@ -115,7 +115,7 @@ class Trainer:
         import runs meanwhile in a thread (rollout/preload.py)."""
         cfg, run_dir, rank, device = self.cfg, self.run_dir, self.rank, self.device
         t, a = cfg.trainer, cfg.algo
-        engine_import = EngineImport(cfg, run_dir)
+        engine_import = EngineImport(cfg.rollout, run_dir)
         random.seed(t.seed + rank)
         np.random.seed(t.seed + rank)
         torch.manual_seed(t.seed + rank)

@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from hpc_ppo.config import Config
+from hpc_ppo.config import RolloutConfig
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +27,14 @@ class EngineImport:
     the import's seconds, or None when there was none. A failed import is not raised here: the
     engine's own import fails the same way, in the main thread, with vLLM's message."""
 
-    def __init__(self, cfg: Config, run_dir: Path) -> None:
+    def __init__(self, rollout: RolloutConfig, run_dir: Path) -> None:
         self.seconds: float | None = None
         self.thread: threading.Thread | None = None
-        if cfg.rollout.engine != "vllm":
+        if rollout.engine != "vllm":
             return
         from hpc_ppo.rollout.vllm_engine import cache_root, point_caches  # no vllm import
 
-        point_caches(cache_root(cfg.rollout, run_dir.parent))
+        point_caches(cache_root(rollout, run_dir.parent))
         self.thread = threading.Thread(target=self._run, name="vllm-import", daemon=True)
         self.thread.start()
 

@@ -36,7 +36,7 @@ def vllm_config(tmp_path: Path):
 
 
 def test_vllm_is_imported_in_a_thread_after_the_caches_are_pointed(tmp_path, fake_vllm):
-    started = EngineImport(vllm_config(tmp_path), tmp_path / "run")
+    started = EngineImport(vllm_config(tmp_path).rollout, tmp_path / "run")
     assert started.thread is not None and started.thread.is_alive()  # the caller goes on
     seconds = started.wait()
     import vllm
@@ -47,7 +47,7 @@ def test_vllm_is_imported_in_a_thread_after_the_caches_are_pointed(tmp_path, fak
 
 
 def test_the_engines_own_import_waits_for_the_thread(tmp_path, fake_vllm):
-    started = EngineImport(vllm_config(tmp_path), tmp_path / "run")
+    started = EngineImport(vllm_config(tmp_path).rollout, tmp_path / "run")
     import vllm
     from vllm import LLM  # while the thread still imports it: Python's module lock waits
 
@@ -59,7 +59,7 @@ def test_a_failed_import_is_left_to_the_engine(tmp_path, monkeypatch):
     (tmp_path / "fake" / "vllm").mkdir(parents=True)
     (tmp_path / "fake" / "vllm" / "__init__.py").write_text("raise ImportError('no CUDA here')")
     monkeypatch.syspath_prepend(str(tmp_path / "fake"))
-    started = EngineImport(vllm_config(tmp_path), tmp_path / "run")
+    started = EngineImport(vllm_config(tmp_path).rollout, tmp_path / "run")
     assert started.wait() is not None  # no exception from the thread
     with pytest.raises(ImportError, match="no CUDA here"):  # the engine's import says why
         import vllm  # noqa: F401
@@ -67,5 +67,5 @@ def test_a_failed_import_is_left_to_the_engine(tmp_path, monkeypatch):
 
 
 def test_the_hf_engine_imports_nothing(tmp_path):
-    started = EngineImport(load_config(TINY), tmp_path / "run")
+    started = EngineImport(load_config(TINY).rollout, tmp_path / "run")
     assert started.thread is None and started.wait() is None
