@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from hpc_ppo.atomic import atomic_write_text
 from hpc_ppo.config import Config
 from hpc_ppo.preempt import STOP_SIGNALS, stop_signals_blocked
 from hpc_ppo.rank_env import find_free_port
@@ -68,7 +69,7 @@ def _count_start(run_dir: Path) -> int:
         before = int(path.read_text().strip() or 0)
     except (OSError, ValueError):
         before = 0
-    path.write_text(f"{before + 1}\n")
+    atomic_write_text(path, f"{before + 1}\n")
     return before
 
 
