@@ -10,6 +10,7 @@ from helpers import TINY
 
 from hpc_ppo.config import load_config
 from hpc_ppo.rollout.preload import EngineImport
+from hpc_ppo.rollout.vllm_engine import CACHE_VARS
 
 FAKE_VLLM = """
 import os, threading, time
@@ -19,13 +20,19 @@ LLM = "the engine class"
 """
 
 
+def install_fake_vllm(tmp_path: Path, monkeypatch, source: str) -> None:
+    """A `vllm` package with `source` first on sys.path; the cache variables the import points
+    are put back afterwards (monkeypatch), so no later test sees this test's folders."""
+    (tmp_path / "fake" / "vllm").mkdir(parents=True)
+    (tmp_path / "fake" / "vllm" / "__init__.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path / "fake"))
+    for var in CACHE_VARS:
+        monkeypatch.delenv(var, raising=False)
+
+
 @pytest.fixture
 def fake_vllm(tmp_path, monkeypatch):
-    (tmp_path / "fake" / "vllm").mkdir(parents=True)
-    (tmp_path / "fake" / "vllm" / "__init__.py").write_text(FAKE_VLLM)
-    monkeypatch.syspath_prepend(str(tmp_path / "fake"))
-    for var in ("VLLM_CACHE_ROOT", "FLASHINFER_WORKSPACE_BASE", "TRITON_CACHE_DIR"):
-        monkeypatch.delenv(var, raising=False)
+    install_fake_vllm(tmp_path, monkeypatch, FAKE_VLLM)
     yield
     sys.modules.pop("vllm", None)
 
@@ -56,9 +63,7 @@ def test_the_engines_own_import_waits_for_the_thread(tmp_path, fake_vllm):
 
 
 def test_a_failed_import_is_left_to_the_engine(tmp_path, monkeypatch):
-    (tmp_path / "fake" / "vllm").mkdir(parents=True)
-    (tmp_path / "fake" / "vllm" / "__init__.py").write_text("raise ImportError('no CUDA here')")
-    monkeypatch.syspath_prepend(str(tmp_path / "fake"))
+    install_fake_vllm(tmp_path, monkeypatch, "raise ImportError('no CUDA here')")
     started = EngineImport(vllm_config(tmp_path).rollout, tmp_path / "run")
     assert started.wait() is not None  # no exception from the thread
     with pytest.raises(ImportError, match="no CUDA here"):  # the engine's import says why
