@@ -7,6 +7,8 @@
 #   one-gpu       GPU 1: the 1-GPU tests; GPU 0: speed.sh (PARTS) once train.sh is done;
 #                 both awaited; bg.tgz holds train.sh's and the tests' files
 #   two-gpu       the TP=2 tests (both GPUs)
+#   warm N        GPU 0 alone: N more requeues of speed.sh's cold run (2 steps each), their
+#                 JSON back: the warm start's spread on a quiet host
 # Results under $OUT; background output under /tmp/hpcppo/bg (each call's $OUT starts empty).
 set -o pipefail
 BG=/tmp/hpcppo/bg
@@ -40,5 +42,16 @@ one-gpu)
   tar czf $OUT/bg.tgz -C $BG . ;;
 two-gpu)
   TEST_TIMEOUT=570 bash bench/gpu_host/tests.sh tests/gpu/test_tp2.py ;;
-*) echo "usage: $0 carry K | install | one-gpu | two-gpu" >&2; exit 2 ;;
+warm)
+  export PYTHONPATH=$PWD:$HOME/hpc-ppo-site PYTHONUNBUFFERED=1
+  R=$(ls -d /tmp/hpcppo/speed/runs/gpu-step-* | head -1); W=/tmp/hpcppo/warm-out
+  rm -rf $W; mkdir -p $W
+  for i in $(seq "$2"); do
+    CUDA_VISIBLE_DEVICES=0 python3 bench/step.py --out /tmp/hpcppo/speed --timeout-s 120 \
+      --resume "$R" --steps 2 --log $W/warm$i.log > $W/warm$i.json 2> $W/warm$i.err
+    echo "warm $i rc $?"; python3 -c "import json; d = json.load(open('$W/warm$i.json'))
+print(d['launch_to_first_step_s'], d['first_step_s'], d['startup_s'], d['gen_tokens_per_s'])"
+  done
+  tar czf $OUT/warm.tgz -C $W . ;;
+*) echo "usage: $0 carry K | install | one-gpu | two-gpu | warm N" >&2; exit 2 ;;
 esac
