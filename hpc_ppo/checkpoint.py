@@ -39,6 +39,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from hpc_ppo.atomic import atomic_write_text, fsync_dir
+from hpc_ppo.checkpoint_read import ThreadedReader
 from hpc_ppo.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -183,19 +184,17 @@ def _commit(pending: PendingSave) -> None:
     dist.barrier()
 
 
-def load(path: Path, parts: list[Checkpointable]) -> dict[str, Any]:
-    """Restore models, optimizers, schedulers and this rank's RNG; returns trainer.json."""
+def load(path: Path, parts: list[Checkpointable], threads: int | None = None) -> dict[str, Any]:
+    """Restore models, optimizers, schedulers and this rank's RNG; returns trainer.json.
+    `threads`: reading threads (checkpoint_read.py; None: its default, 1: DCP's own reader)."""
     state = json.loads((path / "trainer.json").read_text())
     app = _app_state(parts)
     try:
-        dcp.load(app, checkpoint_id=str(path))
+        dcp.load(app, checkpoint_id=str(path), storage_reader=ThreadedReader(path, threads))
     # DCP reports shape mismatches deep inside its planner, wrapped in CheckpointException,
     # which derives from BaseException: `except Exception` alone lets it through.
     except (Exception, CheckpointException) as e:
-        raise ConfigError(
-            f"checkpoint {path} does not fit this model: {_short(e)}; it was saved by a run with "
-            "another model shape (check model.path / model.tiny.*), or start a new run folder"
-        ) from None
+        raise _load_error(path, e) from None
     for p in parts:
         set_state_dict(
             p.model,
@@ -287,9 +286,9 @@ def load_model_only(path: Path, name: str, model: nn.Module) -> None:
     """Fill a plain (unsharded, single-process) model from a checkpoint: for export."""
     sd = {name: {"model": model.state_dict()}}
     try:
-        dcp.load(sd, checkpoint_id=str(path), no_dist=True)
+        dcp.load(sd, checkpoint_id=str(path), storage_reader=ThreadedReader(path), no_dist=True)
     except (Exception, CheckpointException) as e:  # DCP's is a BaseException
-        raise ConfigError(f"checkpoint {path} does not fit the run's model: {_short(e)}") from None
+        raise _load_error(path, e) from None
     model.load_state_dict(sd[name]["model"])
 
 
@@ -326,13 +325,34 @@ def _prune(run_dir: Path, keep: int) -> None:
         shutil.rmtree(checkpoint_root(run_dir) / f"step_{step}", ignore_errors=True)
 
 
-def _short(e: BaseException) -> str:
+def _load_error(path: Path, e: BaseException) -> ConfigError:
+    """Another model's checkpoint, or files that cannot be read (damaged, or the file system
+    failed): each with its way out."""
+    mismatch = _mismatch(e)
+    if mismatch:
+        return ConfigError(
+            f"checkpoint {path} does not fit this model: {mismatch}; it was saved by a run with "
+            "another model shape (check model.path / model.tiny.*), or start a new run folder"
+        )
+    # DCP wraps each rank's error with its traceback: the first one's own words say most.
+    failures = getattr(e, "failures", None) or {}
+    first = next(iter(failures.values()), None)
+    cause = first[0] if isinstance(first, tuple) else e
+    text = " ".join(f"{type(cause).__name__}: {cause}".split())[:300]
+    return ConfigError(
+        f"checkpoint {path} could not be read: {text}; if its files are damaged, move the "
+        f"folder aside (mv {path} {path}.bad) and the run resumes from the checkpoint before it"
+    )
+
+
+def _mismatch(e: BaseException) -> str | None:
+    """The shape or key mismatch in DCP's error text, if that is what it reports."""
     text = " ".join(str(e).split())
     # DCP's text: "Size mismatch between saved torch.Size([64, 64]) and current:
     # torch.Size([64, 128]) for critic.model...": the dots of torch.Size must not end the match.
     m = (
         re.search(r"[Ss]ize mismatch.*? for \S+", text)
         or re.search(r"Missing key in checkpoint state_dict: \S+", text)
-        or re.search(r"shape[^;]*", text)
+        or re.search(r"mismatch sizes[^;]*", text)
     )
-    return (m.group(0) if m else text)[:300]
+    return m.group(0)[:300] if m else None

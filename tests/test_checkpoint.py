@@ -252,6 +252,28 @@ def test_loading_a_checkpoint_of_another_shape_names_it(one_rank, tmp_path):
     assert "model.tiny" in text and "\n" not in text
 
 
+def test_a_damaged_checkpoint_says_so_and_moving_it_aside_resumes_the_one_before(
+    one_rank, tmp_path
+):
+    parts = _parts(64)
+    for step in (1, 2):
+        ckpt.save(tmp_path, step, parts, {}, keep=2)
+    path = ckpt.resolve_step(tmp_path, None)
+    for f in path.glob("*.distcp"):  # cut short, as a failing file system might
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(ConfigError) as e:
+        ckpt.load(path, _parts(64))
+    text = str(e.value)
+    assert text.startswith(f"checkpoint {path} could not be read: RuntimeError: ")
+    assert "does not fit" not in text and "\n" not in text
+    assert text.endswith(
+        f"(mv {path} {path}.bad) and the run resumes from the checkpoint before it"
+    )
+    path.rename(f"{path}.bad")  # what the message says to do
+    assert ckpt.resolve_step(tmp_path, None).name == "step_1"
+    assert ckpt.load(ckpt.resolve_step(tmp_path, None), _parts(64))["step"] == 1
+
+
 def test_step_listing_is_numeric_and_skips_incomplete_folders(tmp_path, caplog):
     root = ckpt.checkpoint_root(tmp_path)
     for step in (3, 12, 9):
