@@ -9,6 +9,7 @@
 #   two-gpu       the TP=2 tests (both GPUs)
 #   warm N        GPU 0 alone: N more requeues of speed.sh's cold run (2 steps each), their
 #                 JSON back: the warm start's spread on a quiet host
+#   imports       a rank's imports, then the trainer's, then vLLM's, under -X importtime
 # Results under $OUT; background output under /tmp/hpcppo/bg (each call's $OUT starts empty).
 set -o pipefail
 BG=/tmp/hpcppo/bg
@@ -53,5 +54,23 @@ warm)
 print(d['launch_to_first_step_s'], d['first_step_s'], d['startup_s'], d['gen_tokens_per_s'])"
   done
   tar czf $OUT/warm.tgz -C $W . ;;
-*) echo "usage: $0 carry K | install | one-gpu | two-gpu | warm N" >&2; exit 2 ;;
+imports)
+  PYTHONPATH=$PWD:$HOME/hpc-ppo-site python3 -X importtime -c "
+import torch, torch.distributed
+import hpc_ppo.checkpoint, hpc_ppo.config, hpc_ppo.dist, hpc_ppo.runlog, hpc_ppo.metrics
+import hpc_ppo.trainer
+from vllm import LLM" 2> $OUT/importtime.txt
+  python3 - $OUT/importtime.txt <<'PY'
+import sys
+rows = []
+for line in open(sys.argv[1]):
+    if line.startswith("import time:") and "cumulative" not in line:
+        _, cum, name = line.split(":", 1)[1].split("|")
+        if len(name) - len(name.lstrip()) <= 5:  # three levels deep at most
+            rows.append((int(cum), name.rstrip()))
+for cum, name in sorted(rows, reverse=True)[:30]:
+    print(f"{cum / 1e6:6.2f} s {name}")
+PY
+  ;;
+*) echo "usage: $0 carry K | install | one-gpu | two-gpu | warm N | imports" >&2; exit 2 ;;
 esac
