@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import torch
 from torch.distributed.checkpoint import FileSystemReader
-from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, ReadItem
+from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
 from torch.futures import Future
 
 # Past ~8 threads a node's page cache or parallel file system gives little more, and every
@@ -40,11 +40,16 @@ class ThreadedReader(FileSystemReader):
         self.threads = threads or min(MAX_THREADS, len(os.sched_getaffinity(0)))
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
-        shares = split_items(plan.items, self._size_and_place, self.threads)
+        tensors = [it for it in plan.items if it.type != LoadItemType.BYTE_IO]
+        shares = split_items(tensors, self._size_and_place, self.threads)
         if len(shares) <= 1:
             return super().read_data(plan, planner)
-        device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
         read = super().read_data
+        # The small non-tensor values first, here: the planner writes them into nested dicts
+        # and lists of the state dict, which is not something to do from several threads.
+        values = [it for it in plan.items if it.type == LoadItemType.BYTE_IO]
+        read(dataclasses.replace(plan, items=values), planner).wait()
+        device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
 
         def run(items: list[ReadItem]) -> None:
             if device is not None:  # a new thread starts on GPU 0, not this rank's GPU

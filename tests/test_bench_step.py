@@ -23,11 +23,13 @@ def figures(lines: list[str]) -> dict[str, float]:
     return found
 
 
-def test_vllm_026_lines(caplog):
+def test_start_up_log_lines_give_their_figures(caplog):
+    from hpc_ppo import tracking
     from hpc_ppo.rollout import preload, vllm_engine
 
     with caplog.at_level(logging.INFO):
         preload.log_import(9.46, 4.04)
+        tracking.log_connected("sqlite:////runs/r/mlflow.db", 3.24)
         vllm_engine.log_engine_ready(started=0.0, ready=1.25, imported=11.0, now=45.5)
     assert figures(
         [
@@ -47,4 +49,5 @@ def test_vllm_026_lines(caplog):
         "engine_llm_s": 34.5,
         "vllm_background_import_s": 9.5,
         "vllm_import_waited_s": 4.0,
+        "mlflow_connect_s": 3.2,
     }
