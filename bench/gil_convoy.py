@@ -1,4 +1,4 @@
-"""Why rollout/preload.py shortens the interpreter's switch interval while vLLM imports.
+"""Why the trainer's start-up shortens the interpreter's switch interval (switch_interval.py).
 
     python bench/gil_convoy.py                 # any machine, ~20 s; prints one JSON object
 

@@ -46,6 +46,7 @@ from hpc_ppo.rollout.preload import EngineImport
 from hpc_ppo.run_tracking import mlflow_ui_hint, record_run, start_tracking
 from hpc_ppo.runlog import LOG_FILE
 from hpc_ppo.sampler import PromptSampler, shard_for_rank
+from hpc_ppo.switch_interval import short_switch_interval
 from hpc_ppo.tracking import MetricsSink, NullTracker, read_run_id
 from hpc_ppo.update import Optimization
 from hpc_ppo.validation import Schedule, Validation
@@ -89,8 +90,14 @@ class Trainer:
             world_size,
             device,
         )
-        t = cfg.trainer
         self.stop = stop or StopFlag()
+        # The tracker's thread and vLLM's import run Python beside this one until the engine
+        # is up: a short switch interval keeps them from stalling its copies and reads.
+        with short_switch_interval():
+            self._start(clock, startup)
+
+    def _start(self, clock: PhaseTimer, startup: dict[str, float] | None) -> None:
+        cfg, rank, run_dir, t = self.cfg, self.rank, self.run_dir, self.cfg.trainer
         with clock("tokenizer_and_data"):
             self.tokenizer = build_tokenizer(cfg.model)
             self.prompts = task_prompts(cfg.data, t.seed)

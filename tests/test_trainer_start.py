@@ -1,10 +1,12 @@
 """Trainer start-up: rank 0 opens tracking before the engine starts (MLflow's import and store
 overlap the engine's start), and a start that fails after that leaves the MLflow run FAILED;
-the engine starts after the models and the restore, and its re-seeding is undone."""
+the engine starts after the models and the restore, and its re-seeding is undone; the start-up
+runs at a short switch interval, and the caller's comes back."""
 
 from __future__ import annotations
 
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from helpers import TINY, gloo_rank, mlflow_run
 
 from hpc_ppo import trainer as trainer_module
 from hpc_ppo.config import load_config, save_config
+from hpc_ppo.switch_interval import START_UP_SWITCH_INTERVAL_S
 
 
 def test_tracking_opens_first_and_a_failed_engine_start_marks_the_run_failed(tmp_path, monkeypatch):
@@ -28,7 +31,7 @@ def test_tracking_opens_first_and_a_failed_engine_start_marks_the_run_failed(tmp
         return start_tracking(*args, **kwargs)
 
     def broken_engine(*args, **kwargs):
-        events.append("engine")
+        events.append(f"engine at {sys.getswitchinterval():g} s")
         raise RuntimeError("no GPU memory for the engine")
 
     build_models = trainer_module.build_models
@@ -40,9 +43,12 @@ def test_tracking_opens_first_and_a_failed_engine_start_marks_the_run_failed(tmp
     monkeypatch.setattr(trainer_module, "start_tracking", tracking)
     monkeypatch.setattr(trainer_module, "build_models", models)
     monkeypatch.setattr(trainer_module, "make_engine", broken_engine)
+    before = sys.getswitchinterval()
     with gloo_rank(), pytest.raises(RuntimeError, match="no GPU memory"):
         trainer_module.Trainer(cfg, run_dir, 0, 1, torch.device("cpu"))
-    assert events == ["tracking", "models", "engine"]
+    # The start-up ran at the short switch interval (switch_interval.py), and it is over.
+    assert events == ["tracking", "models", f"engine at {START_UP_SWITCH_INTERVAL_S:g} s"]
+    assert sys.getswitchinterval() == before
     _, run = mlflow_run(run_dir)
     assert run.info.status == "FAILED"
 

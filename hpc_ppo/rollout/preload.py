@@ -9,17 +9,13 @@ reads and tensor copies, which leave the interpreter to the import. The engine's
 `from vllm import LLM` then waits for this import (Python's per-module lock) instead of running
 it. The caches are pointed first: vLLM and FlashInfer read their variables at import.
 
-While the import runs, the interpreter's switch interval is 0.1 ms, not 5 ms: every copy or
-read of the main thread lets go of the interpreter, and at 5 ms it then waited up to 5 ms to
-get it back from the import. On the H200 host the 0.5B model build (0.6 s alone) took 9-10 s
-beside the import that way (fifth lease); `python bench/gil_convoy.py` shows the same on any
-machine.
+The trainer runs its start-up with a short switch interval (switch_interval.py): at Python's
+default the model build took 9-10 s beside this import instead of 0.6 s.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,8 +23,6 @@ from pathlib import Path
 from hpc_ppo.config import RolloutConfig
 
 log = logging.getLogger(__name__)
-# The switch interval while the import runs beside the main thread (Python's default: 5 ms).
-OVERLAP_SWITCH_INTERVAL_S = 1e-4
 
 
 class EngineImport:
@@ -44,8 +38,6 @@ class EngineImport:
         from hpc_ppo.rollout.vllm_engine import cache_root, point_caches  # no vllm import
 
         point_caches(cache_root(rollout, run_dir.parent))
-        self.switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(self.switch_interval, OVERLAP_SWITCH_INTERVAL_S))
         self.thread = threading.Thread(target=self._run, name="vllm-import", daemon=True)
         self.thread.start()
 
@@ -55,8 +47,6 @@ class EngineImport:
             from vllm import LLM  # noqa: F401  (the attribute pulls in vLLM's engine modules)
         except BaseException:  # noqa: BLE001  (re-raised by the engine's own import)
             log.debug("vLLM's background import failed", exc_info=True)
-        finally:  # nothing competes for the interpreter any more: the default comes back
-            sys.setswitchinterval(self.switch_interval)
         self.seconds = time.perf_counter() - start
 
     def wait(self) -> float | None:

@@ -9,16 +9,12 @@ import pytest
 from helpers import TINY
 
 from hpc_ppo.config import load_config
-from hpc_ppo.rollout.preload import OVERLAP_SWITCH_INTERVAL_S, EngineImport
+from hpc_ppo.rollout.preload import EngineImport
 from hpc_ppo.rollout.vllm_engine import CACHE_VARS
 
 FAKE_VLLM = """
-import os, sys, threading, time
-SEEN = {
-    "thread": threading.current_thread().name,
-    "cache": os.environ.get("VLLM_CACHE_ROOT"),
-    "switch_interval": sys.getswitchinterval(),
-}
+import os, threading, time
+SEEN = {"thread": threading.current_thread().name, "cache": os.environ.get("VLLM_CACHE_ROOT")}
 time.sleep(0.3)
 LLM = "the engine class"
 """
@@ -74,31 +70,6 @@ def test_a_failed_import_is_left_to_the_engine(tmp_path, monkeypatch):
     with pytest.raises(ImportError, match="no CUDA here"):  # the engine's import says why
         import vllm  # noqa: F401
     sys.modules.pop("vllm", None)
-
-
-def test_a_short_switch_interval_while_the_import_runs_then_the_old_one(tmp_path, fake_vllm):
-    """The main thread's copies and reads get the interpreter back within 0.1 ms of the import
-    (not 5 ms): bench/gil_convoy.py shows why."""
-    before = sys.getswitchinterval()
-    try:
-        sys.setswitchinterval(0.004)  # a value of the caller's, which must come back
-        started = EngineImport(vllm_config(tmp_path).rollout, tmp_path / "run")
-        assert sys.getswitchinterval() == pytest.approx(OVERLAP_SWITCH_INTERVAL_S)
-        started.wait()
-        import vllm
-
-        assert vllm.SEEN["switch_interval"] == pytest.approx(OVERLAP_SWITCH_INTERVAL_S)
-        assert sys.getswitchinterval() == pytest.approx(0.004)
-    finally:
-        sys.setswitchinterval(before)
-
-
-def test_a_failed_import_also_gives_the_switch_interval_back(tmp_path, monkeypatch):
-    install_fake_vllm(tmp_path, monkeypatch, "raise ImportError('no CUDA here')")
-    before = sys.getswitchinterval()
-    EngineImport(vllm_config(tmp_path).rollout, tmp_path / "run").wait()
-    sys.modules.pop("vllm", None)
-    assert sys.getswitchinterval() == before
 
 
 def test_the_hf_engine_imports_nothing(tmp_path):
