@@ -49,13 +49,9 @@ def main() -> None:
     a = p.parse_args()
 
     from hpc_ppo import checkpoint as ckpt
-    from hpc_ppo.dist import init_distributed, pick_device
-    from hpc_ppo.rank_env import RankEnv
 
     out = a.out or Path(tempfile.mkdtemp(prefix="hpcppo-restore-"))
-    device = pick_device(a.device, 0)
-    env = RankEnv(0, 0, 1, 1, "127.0.0.1", 29653, 0, "single")
-    init_distributed(env, device)
+    device = start_rank(a.device)
     cfg, models = build(a.shape, device, out)
     parts = optimizers(cfg, models).states  # the save brings their Adam moments into being
     saved_s = ckpt.save(out, 1, parts, {"sampler": {}}, keep=1)
@@ -99,6 +95,21 @@ def main() -> None:
         result[f"threads_{threads}"] = row
         print(json.dumps({threads: row}), file=sys.stderr, flush=True)
     print(json.dumps(result, indent=1))
+
+
+def start_rank(device_name: str):
+    """This process as a one-rank job (a free port: benches may run side by side)."""
+    import socket
+
+    from hpc_ppo.dist import init_distributed, pick_device
+    from hpc_ppo.rank_env import RankEnv
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    device = pick_device(device_name, 0)
+    init_distributed(RankEnv(0, 0, 1, 1, "127.0.0.1", port, 0, "single"), device)
+    return device
 
 
 def build(shape: str, device, out: Path):
