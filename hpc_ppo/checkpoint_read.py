@@ -37,7 +37,7 @@ class ThreadedReader(FileSystemReader):
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
         super().__init__(path)
-        self.threads = threads or min(MAX_THREADS, len(os.sched_getaffinity(0)))
+        self.threads = threads or min(MAX_THREADS, usable_cpus())
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
         tensors = [it for it in plan.items if it.type != LoadItemType.BYTE_IO]
@@ -66,6 +66,14 @@ class ThreadedReader(FileSystemReader):
     def _size_and_place(self, item: ReadItem) -> tuple[int, str, int]:
         info = self.storage_data[item.storage_index]
         return info.length, str(info.relative_path), info.offset
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a Slurm task's share, not the node's); the count of
+    the machine where the OS does not say (macOS)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def split_items(

@@ -5,6 +5,7 @@ Run: python -m pytest tests/test_checkpoint_read.py -q
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
+from hpc_ppo import checkpoint_read
 from hpc_ppo.checkpoint_read import ThreadedReader, split_items
 
 
@@ -112,3 +114,19 @@ def test_tensors_are_read_in_threads_and_values_in_the_callers(tmp_path: Path):
     assert len(planner.tensor_threads) == 4
     assert all(name.startswith("dcp-read") for name in planner.tensor_threads)
     assert loaded["meta"] == saved["meta"] and loaded["step"] == 3
+
+
+def test_threads_default_to_the_cpus_this_rank_may_use(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(checkpoint_read, "usable_cpus", lambda: 3)
+    assert ThreadedReader(tmp_path).threads == 3
+    monkeypatch.setattr(checkpoint_read, "usable_cpus", lambda: 64)
+    assert ThreadedReader(tmp_path).threads == checkpoint_read.MAX_THREADS
+    assert ThreadedReader(tmp_path, 2).threads == 2
+
+
+def test_usable_cpus_where_the_os_has_no_affinity(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert checkpoint_read.usable_cpus() == 3  # a Slurm task's share
+    monkeypatch.delattr(os, "sched_getaffinity")  # as on macOS
+    monkeypatch.setattr(os, "cpu_count", lambda: 5)
+    assert checkpoint_read.usable_cpus() == 5
