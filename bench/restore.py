@@ -53,7 +53,7 @@ def main() -> None:
     out = a.out or Path(tempfile.mkdtemp(prefix="hpcppo-restore-"))
     device = start_rank(a.device)
     cfg, models = build(a.shape, device, out)
-    parts = optimizers(cfg, models).states  # the save brings their Adam moments into being
+    parts = optimizers(cfg, models, device).states  # the save brings their Adam moments into being
     saved_s = ckpt.save(out, 1, parts, {"sampler": {}}, keep=1)
     path = ckpt.checkpoint_root(out) / "step_1"
     files = sorted(path.glob("*.distcp"))
@@ -68,7 +68,7 @@ def main() -> None:
     }
 
     def one_load(threads: int, evict: bool, profile: bool = False) -> float | dict:
-        fresh = optimizers(cfg, models).states
+        fresh = optimizers(cfg, models, device).states
         if evict:
             for f in files:
                 drop_from_page_cache(f)
@@ -132,24 +132,11 @@ def build(shape: str, device, out: Path):
     return cfg, models
 
 
-def optimizers(cfg, models):
+def optimizers(cfg, models, device):
     """Fresh optimizers (empty Adam state) over `models`, as the trainer makes them."""
-    from hpc_ppo.batch import MicroBatching
-    from hpc_ppo.update import Optimization
+    from hpc_ppo.trainer import make_optimization
 
-    t, a = cfg.trainer, cfg.algo
-    micro = MicroBatching(t.micro_batch_size, t.max_tokens_per_micro_batch, False)
-    return Optimization(
-        a,
-        micro,
-        t.batch_size // a.mini_batch_size,
-        cfg.rollout.temperature,
-        t.total_steps,
-        models.policy,
-        cfg.actor,
-        models.critic,
-        cfg.critic,
-    )
+    return make_optimization(cfg, models, device, cfg.trainer.total_steps)
 
 
 def drop_from_page_cache(f: Path) -> None:

@@ -66,7 +66,7 @@ def prepare(a: argparse.Namespace) -> None:
 
     device = start_rank(a.device)
     cfg, models = build(a.shape, device, a.out)
-    ckpt.save(a.out, 1, optimizers(cfg, models).states, {"sampler": {}}, keep=1)
+    ckpt.save(a.out, 1, optimizers(cfg, models, device).states, {"sampler": {}}, keep=1)
     import torch.distributed as dist
 
     dist.destroy_process_group()
@@ -93,7 +93,7 @@ def one(a: argparse.Namespace) -> dict:
         sys.setswitchinterval(interval)
         thread.start()
     cfg, models = build(a.shape, device, a.out)
-    parts = optimizers(cfg, models).states
+    parts = optimizers(cfg, models, device).states
     sync(device)
     seconds["build_s"] = time.perf_counter() - start
     ckpt.load(a.out / "checkpoints" / "step_1", parts)

@@ -45,16 +45,16 @@ import torch.distributed as dist  # noqa: E402
 from bench.rollout import write_model_dir  # noqa: E402
 from bench.step import lengths_arg, param_counts  # noqa: E402
 from hpc_ppo.advantages import compute_advantages  # noqa: E402
-from hpc_ppo.batch import MicroBatching, collate, computed_tokens, plan_micro_batches  # noqa: E402
+from hpc_ppo.batch import collate, computed_tokens, plan_micro_batches  # noqa: E402
 from hpc_ppo.config import load_config  # noqa: E402
 from hpc_ppo.dist import init_distributed, pick_device  # noqa: E402
 from hpc_ppo.logprobs import old_ref_logprobs_and_values  # noqa: E402
 from hpc_ppo.metrics import PhaseTimer  # noqa: E402
-from hpc_ppo.model import build_models, build_tokenizer, padding_free  # noqa: E402
+from hpc_ppo.model import build_models, build_tokenizer  # noqa: E402
 from hpc_ppo.profiling import profiled  # noqa: E402
 from hpc_ppo.rank_env import resolve_rank_env  # noqa: E402
 from hpc_ppo.rollout.base import Sample  # noqa: E402
-from hpc_ppo.update import Optimization  # noqa: E402
+from hpc_ppo.trainer import make_optimization  # noqa: E402
 
 STAGES = ("old_logprob", "ref", "values", "advantages", "update", "update_actor", "update_critic")
 
@@ -146,23 +146,8 @@ def measure(cfg, device: torch.device, a: argparse.Namespace, profile_dir: Path 
     models = build_models(
         cfg.model, tokenizer, t.seed, device, cfg.algo.kl_coef > 0, cfg.algo.name == "ppo"
     )
-    micro = MicroBatching(
-        t.micro_batch_size,
-        t.max_tokens_per_micro_batch,
-        padding_free(t.padding_free, cfg.model, device),
-    )
-    optim = Optimization(
-        cfg.algo,
-        micro,
-        t.batch_size // cfg.algo.mini_batch_size,
-        r.temperature,
-        a.iters + 1,
-        models.policy,
-        cfg.actor,
-        models.critic,
-        cfg.critic,
-        defer_grad_reduce=t.defer_grad_reduce,
-    )
+    optim = make_optimization(cfg, models, device, a.iters + 1)
+    micro = optim.micro
     lengths = a.lengths or (r.max_new_tokens, r.max_new_tokens)
     vocab = min(64, len(tokenizer))
     samples, scores = synthetic_samples(

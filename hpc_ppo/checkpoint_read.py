@@ -83,14 +83,13 @@ def split_items(
     (`size_and_place(item)` -> (bytes, file, offset)); empty runs are left out."""
     if parts <= 1 or len(items) <= 1:
         return [list(items)] if items else []
-    placed = sorted(items, key=lambda it: size_and_place(it)[1:])
-    total = sum(size_and_place(it)[0] for it in placed)
-    target = total / parts
+    placed = sorted(((size_and_place(it), i) for i, it in enumerate(items)), key=lambda p: p[0][1:])
+    target = sum(size for (size, _, _), _ in placed) / parts
     shares: list[list[T]] = [[]]
     filled = 0
-    for it in placed:
+    for (size, _, _), i in placed:
         if filled >= target * len(shares) and len(shares) < parts:
             shares.append([])
-        shares[-1].append(it)
-        filled += size_and_place(it)[0]
+        shares[-1].append(items[i])
+        filled += size
     return [s for s in shares if s]

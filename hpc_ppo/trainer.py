@@ -35,7 +35,7 @@ from hpc_ppo.data import Prompt, encode_prompt, load_prompts, task_prompts
 from hpc_ppo.dist import agree_on_failure
 from hpc_ppo.logprobs import old_ref_logprobs_and_values
 from hpc_ppo.metrics import PhaseTimer, gpu_memory, step_metrics
-from hpc_ppo.model import build_models, build_tokenizer, full_state_iter, padding_free
+from hpc_ppo.model import Models, build_models, build_tokenizer, full_state_iter, padding_free
 from hpc_ppo.preempt import StopFlag, save_on_stop
 from hpc_ppo.profiling import profiled
 from hpc_ppo.reward import resolve_rewards, score_samples
@@ -67,6 +67,27 @@ STARTUP_PHASES = (
     "tracking",
     "trainer_other",
 )
+
+
+def make_optimization(
+    cfg: Config, models: Models, device: torch.device, total_steps: int
+) -> Optimization:
+    """The micro-batching, optimizers and update the trainer runs for `cfg` over `models`
+    (bench/train.py and bench/restore.py build the same)."""
+    t, a = cfg.trainer, cfg.algo
+    packed = padding_free(t.padding_free, cfg.model, device)
+    return Optimization(
+        a,
+        MicroBatching(t.micro_batch_size, t.max_tokens_per_micro_batch, packed),
+        t.batch_size // a.mini_batch_size,
+        cfg.rollout.temperature,
+        total_steps,
+        models.policy,
+        cfg.actor,
+        models.critic,
+        cfg.critic,
+        defer_grad_reduce=t.defer_grad_reduce,
+    )
 
 
 class Trainer:
@@ -130,20 +151,8 @@ class Trainer:
             self.models = build_models(
                 cfg.model, self.tokenizer, t.seed, device, a.kl_coef > 0, a.name == "ppo"
             )
-        packed = padding_free(t.padding_free, cfg.model, device)
-        self.micro = MicroBatching(t.micro_batch_size, t.max_tokens_per_micro_batch, packed)
-        self.optim = Optimization(
-            a,
-            self.micro,
-            t.batch_size // a.mini_batch_size,
-            cfg.rollout.temperature,
-            t.total_steps,
-            self.models.policy,
-            cfg.actor,
-            self.models.critic,
-            cfg.critic,
-            defer_grad_reduce=t.defer_grad_reduce,
-        )
+        self.optim = make_optimization(cfg, self.models, device, t.total_steps)
+        self.micro = self.optim.micro
         self.checkpoints = Checkpointer(
             run_dir, self.optim.states, t.keep_checkpoints, t.async_save, t.async_save_pinned
         )
