@@ -112,8 +112,9 @@ def start_rank(device_name: str):
     return device
 
 
-def build(shape: str, device, out: Path):
-    """The step bench's config (configs/gpu-step.yaml; tiny: configs/tiny-cpu.yaml) and models."""
+def build(shape: str, device, out: Path, restoring: bool = False):
+    """The step bench's config (configs/gpu-step.yaml; tiny: configs/tiny-cpu.yaml) and models
+    (`restoring`: built for a restore, as a requeued trainer builds them)."""
     from bench.rollout import write_model_dir
     from hpc_ppo.config import load_config
     from hpc_ppo.model import build_models, build_tokenizer
@@ -128,7 +129,9 @@ def build(shape: str, device, out: Path):
         cfg = load_config(REPO / "configs/gpu-step.yaml", [*overrides, f"model.path={model_dir}"])
     t, a = cfg.trainer, cfg.algo
     tokenizer = build_tokenizer(cfg.model)
-    models = build_models(cfg.model, tokenizer, t.seed, device, a.kl_coef > 0, a.name == "ppo")
+    models = build_models(
+        cfg.model, tokenizer, t.seed, device, a.kl_coef > 0, a.name == "ppo", restoring
+    )
     return cfg, models
 
 

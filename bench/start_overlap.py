@@ -92,7 +92,7 @@ def one(a: argparse.Namespace) -> dict:
     if interval is not None:
         sys.setswitchinterval(interval)
         thread.start()
-    cfg, models = build(a.shape, device, a.out)
+    cfg, models = build(a.shape, device, a.out, restoring=True)
     parts = optimizers(cfg, models, device).states
     sync(device)
     seconds["build_s"] = time.perf_counter() - start

@@ -24,6 +24,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForTokenClassification,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
     Qwen2Config,
@@ -150,38 +151,77 @@ def padding_free(choice: bool | None, mc: ModelConfig, device: torch.device) -> 
     return device.type == "cuda" and mc.attn_implementation in PACKED_ROW_ATTENTION
 
 
-def load_policy(mc: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> nn.Module:
-    """The policy (or reference) as a causal LM; the tiny one is seeded so every rank agrees."""
+def load_policy(
+    mc: ModelConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    seed: int,
+    restore_on: torch.device | None = None,
+) -> nn.Module:
+    """The policy (or reference) as a causal LM; the tiny one is seeded so every rank agrees.
+    `restore_on`: its architecture only, on that device, for a checkpoint restore
+    (`for_restore`)."""
     if mc.path == BUILTIN_TINY_MODEL:
+        conf = tiny_config(mc, tokenizer)
+        if restore_on is not None:
+            return for_restore(AutoModelForCausalLM, conf, mc, restore_on, training=True)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            model = AutoModelForCausalLM.from_config(
-                tiny_config(mc, tokenizer),
-                dtype=_dtype(mc),
-                attn_implementation=attn_implementation(mc),
+            return AutoModelForCausalLM.from_config(
+                conf, dtype=_dtype(mc), attn_implementation=attn_implementation(mc)
             )
-    else:
-        model = AutoModelForCausalLM.from_pretrained(
-            mc.path, dtype=_dtype(mc), attn_implementation=attn_implementation(mc)
-        )
-    return model
+    if restore_on is not None:
+        conf = AutoConfig.from_pretrained(mc.path)
+        return for_restore(AutoModelForCausalLM, conf, mc, restore_on, training=False)
+    return AutoModelForCausalLM.from_pretrained(
+        mc.path, dtype=_dtype(mc), attn_implementation=attn_implementation(mc)
+    )
 
 
-def load_critic(mc: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> nn.Module:
-    """A value model: the policy's backbone with a 1-output token head (no dropout: PPO values)."""
+def load_critic(
+    mc: ModelConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    seed: int,
+    restore_on: torch.device | None = None,
+) -> nn.Module:
+    """A value model: the policy's backbone with a 1-output token head (no dropout: PPO
+    values). `restore_on`: as for load_policy."""
     path = mc.critic_path or mc.path
     if path == BUILTIN_TINY_MODEL:
         conf = tiny_config(mc, tokenizer)
         conf.num_labels, conf.classifier_dropout = 1, 0.0
+        if restore_on is not None:
+            return for_restore(AutoModelForTokenClassification, conf, mc, restore_on, True)
         with torch.random.fork_rng():
             torch.manual_seed(seed + 1)
             return AutoModelForTokenClassification.from_config(
                 conf, dtype=_dtype(mc), attn_implementation=attn_implementation(mc)
             )
     conf = AutoConfig.from_pretrained(path, num_labels=1, classifier_dropout=0.0)
+    if restore_on is not None:
+        return for_restore(AutoModelForTokenClassification, conf, mc, restore_on, False)
     return AutoModelForTokenClassification.from_pretrained(
         path, config=conf, dtype=_dtype(mc), attn_implementation=attn_implementation(mc)
     )
+
+
+def for_restore(
+    auto_class: type, conf: PretrainedConfig, mc: ModelConfig, device: torch.device, training: bool
+) -> nn.Module:
+    """A model of `conf` whose weights a checkpoint restore is about to overwrite: built on the
+    meta device and materialised on `device` directly, so a requeued job reads no weight file
+    and copies nothing from host memory (the 0.5B policy: ~2 GB of fp32). The restore sets
+    every parameter and persistent buffer (DCP fails on a missing key); init_weights()
+    computes the rest (rotary frequencies) as from_pretrained does, on the host, and ties
+    tied embeddings again. `training`: the mode the loading path leaves the model in
+    (from_pretrained: eval; from_config: train)."""
+    with torch.device("meta"):
+        model = auto_class.from_config(
+            conf, dtype=_dtype(mc), attn_implementation=attn_implementation(mc)
+        )
+    model.to_empty(device=device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        model.init_weights()  # its random draws leave the job's streams as they were
+    return model.train(training)
 
 
 @dataclass
@@ -201,10 +241,15 @@ def build_models(
     device: torch.device,
     with_ref: bool,
     with_critic: bool,
+    restoring: bool = False,
 ) -> Models:
-    """Load and shard the models. fp32 parameters on a GPU compute in bf16 (mixed precision)."""
+    """Load and shard the models. fp32 parameters on a GPU compute in bf16 (mixed precision).
+    `restoring`: a checkpoint restore follows, so the trained models (policy, critic) are
+    built without their weights (`for_restore`); the reference, which checkpoints do not
+    hold, is loaded either way."""
     bf16 = device.type == "cuda" and mc.dtype == "float32"
-    models = Models(shard(load_policy(mc, tokenizer, seed), device, bf16))
+    restore_on = device if restoring else None
+    models = Models(shard(load_policy(mc, tokenizer, seed, restore_on), device, bf16))
     if with_ref:
         # The reference never trains: under mixed precision it computes in bf16 anyway, so
         # bf16 storage gives the same numbers in half the memory (fp32: 30 GB for a 7B model).
@@ -212,7 +257,7 @@ def build_models(
         models.ref = shard(ref.to(torch.bfloat16) if bf16 else ref, device, False).eval()
         models.ref.requires_grad_(False)
     if with_critic:
-        models.critic = shard(load_critic(mc, tokenizer, seed), device, bf16)
+        models.critic = shard(load_critic(mc, tokenizer, seed, restore_on), device, bf16)
     if mc.gradient_checkpointing:
         for m in (models.policy, models.critic):
             if m is not None:

@@ -29,7 +29,7 @@ from hpc_ppo.batch import (
     computed_tokens,
     plan_micro_batches,
 )
-from hpc_ppo.checkpoint import Checkpointer, rng_state, set_rng_state
+from hpc_ppo.checkpoint import Checkpointer, complete_steps, rng_state, set_rng_state
 from hpc_ppo.config import Config, to_dict
 from hpc_ppo.data import Prompt, encode_prompt, load_prompts, task_prompts
 from hpc_ppo.dist import agree_on_failure
@@ -147,9 +147,18 @@ class Trainer:
         random.seed(t.seed + rank)
         np.random.seed(t.seed + rank)
         torch.manual_seed(t.seed + rank)
+        # A requeued job restores its trained models from the checkpoint: their weight files
+        # are not read first (model.for_restore).
+        restoring = bool(complete_steps(run_dir, warn=False))
         with clock("models"):
             self.models = build_models(
-                cfg.model, self.tokenizer, t.seed, device, a.kl_coef > 0, a.name == "ppo"
+                cfg.model,
+                self.tokenizer,
+                t.seed,
+                device,
+                a.kl_coef > 0,
+                a.name == "ppo",
+                restoring=restoring,
             )
         self.optim = make_optimization(cfg, self.models, device, t.total_steps)
         self.micro = self.optim.micro
