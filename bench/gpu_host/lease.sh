@@ -10,6 +10,9 @@
 #   warm N        GPU 0 alone: N more requeues of speed.sh's cold run (2 steps each), their
 #                 JSON back: the warm start's spread on a quiet host
 #   imports       a rank's imports, then the trainer's, then vLLM's, under -X importtime
+#   profile       GPU 0: one requeue of speed.sh's cold run under py-spy (carried in .devrun/
+#                 with part 1), interpreter-lock holders (--gil), then wall time (--idle);
+#                 bench/pyspy_summary.py's JSON of each in $OUT/profile.tgz
 # Results under $OUT; background output under /tmp/hpcppo/bg (each call's $OUT starts empty).
 set -o pipefail
 BG=/tmp/hpcppo/bg
@@ -18,6 +21,7 @@ carry)
   mkdir -p ~/gb $BG && cp .gpu-bundle/p$2/* ~/gb/ && echo "part $2: $(du -sh ~/gb | cut -f1) in ~/gb"
   if [ "$2" = 1 ]; then
     python3 -m pip freeze > $OUT/freeze.txt
+    ls .devrun/py_spy-*.whl > /dev/null 2>&1 && python3 -m pip install -q --target ~/pyspy .devrun/py_spy-*.whl
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     case "$BG_JOB" in
     train) CUDA_VISIBLE_DEVICES=0 OUT=$BG setsid nohup bash bench/gpu_host/train.sh > $BG/train.log 2>&1 < /dev/null & ;;
@@ -72,5 +76,21 @@ for cum, name in sorted(rows, reverse=True)[:30]:
     print(f"{cum / 1e6:6.2f} s {name}")
 PY
   ;;
-*) echo "usage: $0 carry K | install | one-gpu | two-gpu | warm N | imports" >&2; exit 2 ;;
+profile)
+  export PYTHONPATH=$PWD:$HOME/hpc-ppo-site PYTHONUNBUFFERED=1
+  R=$(ls -d /tmp/hpcppo/speed/runs/gpu-step-* | head -1); W=/tmp/hpcppo/profile-out
+  rm -rf $W; mkdir -p $W
+  # --nonblocking: the blocking sampler pauses every thread 100 times a second (a warm start
+  # under it ran past 110 s on 2026-11-30)
+  for mode in gil idle; do
+    CUDA_VISIBLE_DEVICES=0 timeout 250 ~/pyspy/bin/py-spy record --nonblocking --$mode \
+      --threads --subprocesses -r 100 --format raw -o $W/$mode.txt -- python3 bench/step.py \
+      --out /tmp/hpcppo/speed --timeout-s 200 --resume "$R" --steps 1 --log $W/$mode.log \
+      > $W/$mode.out 2> $W/$mode.err
+    echo "$mode rc $?"; sed '/^py-spy>/d' $W/$mode.out > $W/$mode.json  # its banner: stdout
+    python3 bench/pyspy_summary.py $W/$mode.txt > $W/$mode.summary.json
+    python3 -c "import json; d = json.load(open('$W/$mode.json')); print(d['launch_to_first_step_s'], d['startup_s'])"
+  done
+  tar czf $OUT/profile.tgz -C $W . ;;
+*) echo "usage: $0 carry K | install | one-gpu | two-gpu | warm N | imports | profile" >&2; exit 2 ;;
 esac
