@@ -88,8 +88,8 @@ FIGURES = [
         r"vLLM imported in (?P<vllm_background_import_s>[0-9.]+) s beside .* "
         r"\((?P<vllm_import_waited_s>[0-9.]+) s waited\)"
     ),
-    re.compile(  # tracking.py: MLflow's import and store, in the tracker's thread
-        r"MLflow imported and .* opened in (?P<mlflow_connect_s>[0-9.]+) s \(tracker thread\)"
+    re.compile(  # tracking.py: MLflow's import and store, in the tracker's process
+        r"MLflow imported and .* opened in (?P<mlflow_connect_s>[0-9.]+) s \(tracker process\)"
     ),
 ]
 

@@ -5,7 +5,8 @@
 
 A store is created atomically on first use; its artifacts live next to it (`mlartifacts/`),
 never under the job's working directory (MLflow's default, `./mlruns`, differs per job).
-Used by tracking.py's background thread; kept apart because it touches MLflow internals.
+Used by the tracker's MLflow process (mlflow_mirror.py); kept apart because it touches MLflow
+internals.
 """
 
 from __future__ import annotations

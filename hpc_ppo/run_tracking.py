@@ -8,13 +8,13 @@ config as params, the run's tags (launcher, code version, Slurm job and restart 
 keys a resume changed), the resolved config.yaml as an artifact (`config/`) and
 `mlflow.source.git.commit` when the package runs from a git checkout (the UI's "Source").
 `mlflow_ui_hint`: a run URL that opens MLflow 3's classic pages (the run's metric charts), not
-the GenAI traces page.
+the GenAI traces page; the tracker's process marks the experiment as classic ML, so MLflow is
+never imported in the rank.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 from shlex import quote
@@ -24,16 +24,22 @@ from hpc_ppo.config import RESUMABLE_KEYS, TrackingConfig, flatten
 from hpc_ppo.provenance import PACKAGE_DIR, check_code_version, git_commit
 from hpc_ppo.tracking import MetricsSink, Tracker, read_run_id
 
-log = logging.getLogger(__name__)
 UI_PORT = 5000  # mlflow ui's default
 EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3's UI reads it to pick the landing tab
 
 
 def start_tracking(run_dir: Path, tracking: TrackingConfig) -> MetricsSink:
-    """Rank 0's tracker, started early: its thread imports MLflow and opens the store (seconds)
-    while the engine starts; `record_run` adds the params once the checkpoint is restored."""
+    """Rank 0's tracker, started early: its process imports MLflow and opens the store
+    (seconds) while the engine starts, without taking this interpreter's lock; `record_run`
+    adds the params once the checkpoint is restored."""
     tracker = Tracker(
-        run_dir, tracking.uri, tracking.experiment, run_dir.name, run_id=read_run_id(run_dir)
+        run_dir,
+        tracking.uri,
+        tracking.experiment,
+        run_dir.name,
+        run_id=read_run_id(run_dir),
+        # MLflow 3's UI picks its landing tab from it; set unless somebody chose a kind
+        experiment_tags={EXPERIMENT_KIND: "custom_model_development"},
     )
     if tracking.tensorboard:
         from hpc_ppo.tensorboard_sink import TensorBoardMirror, WithTensorBoard
@@ -63,8 +69,8 @@ def record_run(tracker: MetricsSink, run_dir: Path, config: dict[str, Any]) -> N
 def mlflow_ui_hint(tracker: MetricsSink, timeout_s: float = 15) -> tuple[str, str]:
     """(the `mlflow ui` command for the run's store, the URL of the run's page there).
 
-    Waits up to `timeout_s` for the tracker's first contact with the store (the run id);
-    marks the experiment as classic ML if nobody chose a kind for it yet.
+    Waits up to `timeout_s` for the tracker's first contact with the store (the run id and
+    its experiment).
     """
     uri = getattr(tracker, "uri", None)  # a Tracker's; None on ranks other than 0
     if uri is None:
@@ -72,21 +78,13 @@ def mlflow_ui_hint(tracker: MetricsSink, timeout_s: float = 15) -> tuple[str, st
     served = uri.startswith(("http://", "https://"))  # a tracking server is its own UI
     command = f"(served at {uri})" if served else f"mlflow ui --backend-store-uri {quote(uri)}"
     base = uri.rstrip("/") if served else f"http://127.0.0.1:{UI_PORT}"
-    if not tracker.flush(timeout_s) or tracker.run_id is None:
+    flushed = tracker.flush(timeout_s)
+    exp_id = getattr(tracker, "experiment_id", None)  # known with the run (a Tracker's)
+    if not flushed or tracker.run_id is None or exp_id is None:
         return command, f"{base} (the run id is not known yet: MLflow did not answer)"
-    try:
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=uri)
-        exp_id = client.get_run(tracker.run_id).info.experiment_id
-        if EXPERIMENT_KIND not in client.get_experiment(exp_id).tags:
-            client.set_experiment_tag(exp_id, EXPERIMENT_KIND, "custom_model_development")
-    except Exception as e:  # a hint, not a requirement
-        log.warning("MLflow run page unknown: %s", e)
-        return command, base
     # MLflow 3.17's UI picks GenAI or classic ("Model training") pages from this query
     # parameter (else from the browser's last choice, GenAI at first); earlier 3.x releases
-    # from the experiment's kind tag set above.
+    # from the experiment's kind tag (start_tracking's experiment_tags).
     page = f"#/experiments/{exp_id}/runs/{tracker.run_id}/model-metrics"
     return command, f"{base}/{page}?workflowType=machine_learning"
 

@@ -94,6 +94,10 @@ class WithTensorBoard:
     def uri(self) -> str:
         return self.inner.uri
 
+    @property
+    def experiment_id(self) -> str | None:
+        return self.inner.experiment_id
+
     def log_params(self, params: dict[str, Any]) -> None:
         self.inner.log_params(params)
 

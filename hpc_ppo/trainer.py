@@ -112,8 +112,8 @@ class Trainer:
             device,
         )
         self.stop = stop or StopFlag()
-        # The tracker's thread and vLLM's import run Python beside this one until the engine
-        # is up: a short switch interval keeps them from stalling its copies and reads.
+        # vLLM's import runs Python beside this thread until the engine is up: a short switch
+        # interval keeps it from stalling its copies and reads.
         with short_switch_interval():
             self._start(clock, startup)
 
@@ -124,7 +124,7 @@ class Trainer:
             self.prompts = task_prompts(cfg.data, t.seed)
             self.sampler = PromptSampler(len(self.prompts), t.batch_size, t.seed, cfg.data.shuffle)
             self.rewards = resolve_rewards(cfg.reward)
-        # The tracker first: its thread imports MLflow and opens the store while the models
+        # The tracker first: its process imports MLflow and opens the store while the models
         # load and the engine starts (the start block waits for the run's page: ~3 s when it
         # started after). The params follow the restore, whose errors (another model's
         # checkpoint) come first.

@@ -137,8 +137,8 @@ def test_dead_server_never_blocks_and_jsonl_is_backfilled_later(
     t1 = time.monotonic()
     assert not tracker.close(timeout_s=2)
     assert time.monotonic() - t1 < 5.0
-    tracker._thread.join(10)  # it gives up once close() did, instead of retrying forever
-    assert not tracker._thread.is_alive()
+    # Its process ended with close(), instead of retrying forever beside the rank.
+    assert tracker._proc.poll() is not None
     assert tracker.run_id is None and read_run_id(tmp_path) is None
     assert [r["step"] for r in metrics(tmp_path)] == [0, 1, 2]
     # The next job reaches a store: it creates the run and sends what metrics.jsonl holds.
