@@ -6,11 +6,11 @@
 During a rank's start-up a thread runs Python beside the main one: vLLM's import
 (rollout/preload.py; the tracker's MLflow work has a process of its own, tracking.py). Each
 copy, read or kernel launch of the main thread lets go of the interpreter; at Python's default
-switch interval (5 ms) it then waits up to 5 ms to get it back from a busy thread, thousands
-of times. On the
-H200 host the 0.5B model build took 9-10 s beside vLLM's import that way against 0.6 s alone
-(docs/PERFORMANCE.md, fifth lease); `python bench/gil_convoy.py`: 3,000 short reads 0.11 s
-alone, 14.9 s beside a busy thread at 5 ms, 0.70 s at 0.1 ms (the busy thread 6 % slower).
+switch interval (5 ms) it then waits up to 5 ms to get it back from a busy thread.
+`python bench/gil_convoy.py`: 3,000 short reads 0.11 s alone, 14.9 s beside a busy thread at
+5 ms, 0.70 s at 0.1 ms (the busy thread 6 % slower). On the H200 host the build and restore
+beside vLLM's import took as long at either interval (bench/start_overlap.py, sixth lease in
+docs/PERFORMANCE.md): there the start-up is bound by the Python work itself, not the handover.
 """
 
 from __future__ import annotations

@@ -289,9 +289,12 @@ class Tracker:
 
 def start_mirror() -> subprocess.Popen[str]:
     """`python -m hpc_ppo.mlflow_mirror`, this package first on its path (also when it runs
-    from a source checkout), started with the stop signals blocked until it ignores them."""
+    from a source checkout), started with the stop signals blocked until it ignores them.
+    MLflow's usage telemetry is off unless the user's environment says otherwise: compute
+    nodes are often air-gapped, and nothing of a run should leave the cluster unasked."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SOURCE_ROOT), env.get("PYTHONPATH")) if p)
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     with stop_signals_blocked():
         return subprocess.Popen(
             [sys.executable, "-m", "hpc_ppo.mlflow_mirror"],

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from helpers import REPO, metrics, mlflow_client
 
 from hpc_ppo.preempt import STOP_SIGNALS
@@ -144,3 +145,20 @@ def test_close_kills_a_process_that_does_not_exit(tmp_path: Path) -> None:
     assert time.monotonic() - t0 < 1 + EXIT_WAIT_S + 2
     assert tracker._proc.returncode == -signal.SIGKILL
     assert [r["step"] for r in metrics(tmp_path)] == [0]
+
+
+def test_mlflow_telemetry_is_off_unless_the_user_turned_it_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def child_env(folder: Path) -> dict[str, str]:
+        tracker = Tracker(folder, None, "exp", "run")
+        try:
+            raw = Path(f"/proc/{tracker._proc.pid}/environ").read_bytes()
+        finally:
+            tracker.close(timeout_s=30)
+        return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+
+    monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
+    assert child_env(tmp_path / "a")["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "false")  # the user's choice stands
+    assert child_env(tmp_path / "b")["MLFLOW_DISABLE_TELEMETRY"] == "false"
