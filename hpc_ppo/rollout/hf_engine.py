@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from transformers import GenerationConfig
 
 from hpc_ppo.rollout.base import Sample, SamplingSpec
 
@@ -28,6 +29,11 @@ class HFEngine:
     ):
         self.model = model.to(device).eval()
         self.model.requires_grad_(False)
+        # generate() fills what a call leaves unset from the model's generation_config, which
+        # from_pretrained reads from the folder (Qwen2.5's: repetition_penalty 1.1, top_k 20):
+        # samples then come from another distribution than the one the trainer scores. A
+        # neutral one instead, as the vLLM engine ignores the folder's (generation_config="vllm").
+        self.model.generation_config = GenerationConfig()
         self.eos_id, self.pad_id, self.device = eos_id, pad_id, device
         self.batch_size = batch_size
         self._params = dict(self.model.named_parameters())

@@ -118,3 +118,25 @@ def test_forced_lengths_give_each_prompt_a_seeded_length_and_keep_the_logprobs(t
     assert [s.response_ids for s in again] == [s.response_ids for s in samples]
     other = SamplingSpec(**{**spec.__dict__, "seed": 8})
     assert [other.forced_length(i) for i in range(12)] != want
+
+
+def test_samples_come_from_the_policy_whatever_the_folders_generation_config(tok, tmp_path):
+    """A model folder's generation_config.json (a repetition penalty, top-k) must not shape the
+    samples: their logprobs are the policy's own, as the trainer scores them."""
+    from transformers import GenerationConfig
+
+    folder = tmp_path / "model"
+    model = policy()
+    model.generation_config = GenerationConfig(repetition_penalty=3.0, top_k=3, do_sample=True)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    loaded = load_policy(load_config(TINY, [f"model.path={folder}"]).model, tok, 0)
+    assert loaded.generation_config.repetition_penalty == 3.0  # what generate() would merge in
+    hf = HFEngine(loaded, tok.eos_token_id, tok.pad_token_id, torch.device("cpu"))
+    prompts = [tok("echo: abcabc").input_ids]
+    for s in hf.generate(prompts, SPEC):
+        ids = torch.tensor([s.prompt_ids + s.response_ids])
+        with torch.no_grad():
+            logits = hf.model(ids).logits[0, len(s.prompt_ids) - 1 : -1].float()
+        own = torch.log_softmax(logits, -1).gather(-1, ids[0, len(s.prompt_ids) :, None])
+        assert torch.allclose(torch.tensor(s.logprobs), own.squeeze(-1), atol=1e-5)
