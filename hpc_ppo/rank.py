@@ -37,25 +37,31 @@ def main(run_dir: str | Path, stop: StopFlag) -> int:
     # Imported here, after the caller installed `stop`: they take a second or more to load.
     import time
 
+    from hpc_ppo.config import load_config
+    from hpc_ppo.prefetch import prefetch_for_start
+    from hpc_ppo.rank_env import resolve_rank_env
+
+    # No torch yet: the checkpoint (and the weights) this rank will read are read ahead while
+    # the imports below and the trainer's run (prefetch.py).
+    run_dir = Path(run_dir).resolve()
+    env = resolve_rank_env()
+    cfg = load_config(run_dir / "config.yaml")
+    prefetch_for_start(run_dir, cfg, env)
+
     import torch
     import torch.distributed as dist
 
     from hpc_ppo import checkpoint as ckpt
     from hpc_ppo.atomic import atomic_write_text
-    from hpc_ppo.config import load_config
     from hpc_ppo.dist import init_distributed, pick_device
     from hpc_ppo.errors import ConfigError, PeerFailed, UserCodeError
     from hpc_ppo.metrics import process_age
-    from hpc_ppo.rank_env import resolve_rank_env
     from hpc_ppo.runlog import setup_logging, to_run_log
 
     # Start-up seconds by phase (logged by the trainer, and as startup/* with the first step).
     startup = {"interpreter_and_imports": process_age() or 0.0}
     setup_start = time.perf_counter()
 
-    run_dir = Path(run_dir).resolve()
-    env = resolve_rank_env()
-    cfg = load_config(run_dir / "config.yaml")
     setup_logging(run_dir, env.rank)  # stderr and RUN_DIR/run.log (runlog.py)
     print(
         f"hpc-ppo: rank {env.rank} of {env.world_size} on {os.uname().nodename} (local rank"

@@ -25,12 +25,18 @@ def bench(script: str, *args: str, cwd) -> dict:
 
 def test_restore_bench_times_each_thread_count_and_cache_state(tmp_path):
     got = bench(
-        "restore.py", "--threads", "1", "2", "--trials=1", f"--out={tmp_path}", cwd=tmp_path
+        "restore.py",
+        *("--threads", "1", "2", "--trials=1", "--prefetch-wait-s=0", f"--out={tmp_path}"),
+        cwd=tmp_path,
     )
-    assert got["files"] >= 1 and got["checkpoint_gb"] >= 0
+    assert (
+        got["files"] >= 1
+        and got["checkpoint_gb"] >= 0
+        and len(got["read_ahead_done_before_load"]) == 2
+    )
     for threads in (1, 2):
         row = got[f"threads_{threads}"]
-        assert len(row["cached_s"]) == len(row["evicted_s"]) == 1
+        assert len(row["cached_s"]) == len(row["evicted_s"]) == len(row["prefetched_s"]) == 1
         profiled = row["profiled_cached"]
         assert profiled["total_s"] > 0 and profiled["optimizer_state_setup_s"] >= 0
     # DCP's reader in the main thread for 1; the threaded reader's wait for 2
