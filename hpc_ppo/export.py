@@ -27,9 +27,10 @@ def load_run_weights(run_dir: Path, step: int | None = None) -> dict[str, torch.
     cfg = load_config(run_dir / "config.yaml")
     tokenizer = build_tokenizer(cfg.model)
     path = ckpt.resolve_step(run_dir, step)
-    models = {"policy": load_policy(cfg.model, tokenizer, cfg.trainer.seed)}
+    cpu, seed = torch.device("cpu"), cfg.trainer.seed  # the weights come from the checkpoint
+    models = {"policy": load_policy(cfg.model, tokenizer, seed, restore_on=cpu)}
     if cfg.algo.name == "ppo":
-        models["critic"] = load_critic(cfg.model, tokenizer, cfg.trainer.seed)
+        models["critic"] = load_critic(cfg.model, tokenizer, seed, restore_on=cpu)
     out = {}
     for name, model in models.items():
         ckpt.load_model_only(path, name, model)
@@ -49,6 +50,8 @@ def export_hf(run_dir: Path, out: Path, step: int | None = None, dtype: str = "a
     cfg = load_config(run_dir / "config.yaml")
     tokenizer = build_tokenizer(cfg.model)
     mc = cfg.model if dtype == "auto" else dataclasses.replace(cfg.model, dtype=dtype)
+    # Loaded with its weights although the checkpoint replaces them: from_pretrained also
+    # brings the folder's generation_config.json, which the export must keep.
     model = load_policy(mc, tokenizer, cfg.trainer.seed)  # DCP casts into this dtype
     ckpt.load_model_only(path, "policy", model)  # ConfigError when the shapes differ
     out.mkdir(parents=True, exist_ok=True)
