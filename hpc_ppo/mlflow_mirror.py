@@ -43,7 +43,7 @@ from typing import IO, Any
 from hpc_ppo.atomic import atomic_write_text
 from hpc_ppo.metrics_file import records
 from hpc_ppo.mlflow_store import create_sqlite_store, sqlite_file
-from hpc_ppo.preempt import STOP_SIGNALS
+from hpc_ppo.preempt import STOP_SIGNALS, ignore_stop_signals
 
 log = logging.getLogger("hpc_ppo.mlflow_mirror")  # also under `python -m`, where __name__ differs
 _READ_CHUNK = 1 << 20
@@ -320,8 +320,7 @@ def _read_commands(mirror: Mirror, commands: IO[str]) -> None:
 
 
 def main() -> None:
-    for sig in STOP_SIGNALS:  # started with them blocked: one that came meanwhile is dropped
-        signal.signal(sig, signal.SIG_IGN)
+    ignore_stop_signals()  # started with them blocked: one that came meanwhile is dropped
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     # The events get stdout's pipe to themselves: a library's print goes to stderr instead of
     # into the protocol.

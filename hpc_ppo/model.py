@@ -162,19 +162,9 @@ def load_policy(
     (`for_restore`)."""
     if mc.path == BUILTIN_TINY_MODEL:
         conf = tiny_config(mc, tokenizer)
-        if restore_on is not None:
-            return for_restore(AutoModelForCausalLM, conf, mc, restore_on, training=True)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            return AutoModelForCausalLM.from_config(
-                conf, dtype=_dtype(mc), attn_implementation=attn_implementation(mc)
-            )
-    if restore_on is not None:
+    else:
         conf = AutoConfig.from_pretrained(mc.path)
-        return for_restore(AutoModelForCausalLM, conf, mc, restore_on, training=False)
-    return AutoModelForCausalLM.from_pretrained(
-        mc.path, dtype=_dtype(mc), attn_implementation=attn_implementation(mc)
-    )
+    return _load(AutoModelForCausalLM, mc.path, conf, mc, seed, restore_on)
 
 
 def load_critic(
@@ -189,19 +179,30 @@ def load_critic(
     if path == BUILTIN_TINY_MODEL:
         conf = tiny_config(mc, tokenizer)
         conf.num_labels, conf.classifier_dropout = 1, 0.0
-        if restore_on is not None:
-            return for_restore(AutoModelForTokenClassification, conf, mc, restore_on, True)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed + 1)
-            return AutoModelForTokenClassification.from_config(
-                conf, dtype=_dtype(mc), attn_implementation=attn_implementation(mc)
-            )
-    conf = AutoConfig.from_pretrained(path, num_labels=1, classifier_dropout=0.0)
+    else:
+        conf = AutoConfig.from_pretrained(path, num_labels=1, classifier_dropout=0.0)
+    return _load(AutoModelForTokenClassification, path, conf, mc, seed + 1, restore_on)
+
+
+def _load(
+    auto_class: type,
+    path: str,
+    conf: PretrainedConfig,
+    mc: ModelConfig,
+    seed: int,
+    restore_on: torch.device | None,
+) -> nn.Module:
+    """The built-in model made from `conf` under `seed`, a folder's loaded with its weights, or
+    either built for a restore on `restore_on`, in the mode its loading path leaves it."""
+    builtin = path == BUILTIN_TINY_MODEL
     if restore_on is not None:
-        return for_restore(AutoModelForTokenClassification, conf, mc, restore_on, False)
-    return AutoModelForTokenClassification.from_pretrained(
-        path, config=conf, dtype=_dtype(mc), attn_implementation=attn_implementation(mc)
-    )
+        return for_restore(auto_class, conf, mc, restore_on, training=builtin)
+    kwargs = {"dtype": _dtype(mc), "attn_implementation": attn_implementation(mc)}
+    if builtin:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return auto_class.from_config(conf, **kwargs)
+    return auto_class.from_pretrained(path, config=conf, **kwargs)
 
 
 def for_restore(

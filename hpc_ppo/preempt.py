@@ -56,8 +56,7 @@ class StopFlag:
     def retire(self) -> None:
         """The rank is done (finished, or stopped and requeued): later stop requests have
         nothing left to stop, and must not kill the exiting interpreter (exit code by signal)."""
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
+        ignore_stop_signals()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received_at is None:
@@ -81,6 +80,13 @@ class StopFlag:
 
     def seconds_since_signal(self) -> float | None:
         return None if self.received_at is None else time.time() - self.received_at
+
+
+def ignore_stop_signals() -> None:
+    """Stop requests do nothing to this process from now on (one that is pending while the
+    signals are blocked is dropped when they are unblocked)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 @contextlib.contextmanager

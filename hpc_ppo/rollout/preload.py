@@ -9,8 +9,9 @@ reads and tensor copies, which leave the interpreter to the import. The engine's
 `from vllm import LLM` then waits for this import (Python's per-module lock) instead of running
 it. The caches are pointed first: vLLM and FlashInfer read their variables at import.
 
-The trainer runs its start-up with a short switch interval (switch_interval.py): at Python's
-default the model build took 9-10 s beside this import instead of 0.6 s.
+The overlap saves less than it seemed: the import, the build and the restore are mostly
+Python on one interpreter, and take turns on it (bench/start_overlap.py on an H200 host: a
+14.1 s window beside against 15.0 s in turn; docs/PERFORMANCE.md, sixth lease).
 """
 
 from __future__ import annotations
