@@ -14,9 +14,10 @@ import os
 from pathlib import Path
 
 import torch
+from transformers import GenerationConfig
 
 from hpc_ppo import checkpoint as ckpt
-from hpc_ppo.config import load_config
+from hpc_ppo.config import BUILTIN_TINY_MODEL, load_config
 from hpc_ppo.errors import ConfigError
 from hpc_ppo.model import build_tokenizer, load_critic, load_policy
 
@@ -50,10 +51,12 @@ def export_hf(run_dir: Path, out: Path, step: int | None = None, dtype: str = "a
     cfg = load_config(run_dir / "config.yaml")
     tokenizer = build_tokenizer(cfg.model)
     mc = cfg.model if dtype == "auto" else dataclasses.replace(cfg.model, dtype=dtype)
-    # Loaded with its weights although the checkpoint replaces them: from_pretrained also
-    # brings the folder's generation_config.json, which the export must keep.
-    model = load_policy(mc, tokenizer, cfg.trainer.seed)  # DCP casts into this dtype
+    # built for the restore: the checkpoint holds every weight (a 7B folder's 15-30 GB are
+    # not read); DCP casts into this dtype
+    model = load_policy(mc, tokenizer, cfg.trainer.seed, restore_on=torch.device("cpu"))
     ckpt.load_model_only(path, "policy", model)  # ConfigError when the shapes differ
+    if (folder_generation := _generation_config(mc.path)) is not None:
+        model.generation_config = folder_generation  # as from_pretrained would have set it
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
@@ -62,6 +65,17 @@ def export_hf(run_dir: Path, out: Path, step: int | None = None, dtype: str = "a
         if f.is_file():
             f.chmod(mode)
     return path
+
+
+def _generation_config(path: str) -> GenerationConfig | None:
+    """The model folder's generation_config.json (sampling defaults, stop tokens), which the
+    export keeps as from_pretrained does; None for the built-in model or a folder without one."""
+    if path == BUILTIN_TINY_MODEL:
+        return None
+    try:
+        return GenerationConfig.from_pretrained(path)
+    except OSError:  # no generation_config.json: the model's config defaults stand
+        return None
 
 
 def _umask() -> int:

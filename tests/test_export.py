@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import TINY, gloo_rank
-from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+from helpers import TINY, gloo_rank, qwen2_config
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, Qwen2Config
 
 from hpc_ppo import checkpoint as ckpt
 from hpc_ppo.checkpoint import Checkpointable
 from hpc_ppo.cli import main
-from hpc_ppo.config import load_config, save_config
+from hpc_ppo.config import Config, load_config, save_config
 from hpc_ppo.model import (
     TINY_CHARS,
     build_tokenizer,
@@ -48,8 +48,12 @@ def trained(tmp_path_factory) -> Trained:
     ranks are read the same way by tests/test_preempt_local.py.
     """
     run_dir = tmp_path_factory.mktemp("export") / "r"
+    return train_and_save(load_config(TINY), run_dir)
+
+
+def train_and_save(cfg: Config, run_dir: Path) -> Trained:
+    """`cfg`'s policy and critic, one optimizer step each, saved as run_dir's step_2."""
     run_dir.mkdir()
-    cfg = load_config(TINY)
     save_config(cfg, run_dir / "config.yaml")
     tok = build_tokenizer(cfg.model)
     with gloo_rank():
@@ -105,6 +109,36 @@ def test_export_loads_with_transformers_equals_the_checkpoint_and_generates(
     assert gen.shape[1] > ids.shape[1]
     assert torch.equal(gen, ref)
     assert tok.decode(gen[0]).startswith("echo: abc")
+
+
+def test_export_of_a_folder_model_reads_no_weight_file_and_keeps_its_generation_config(
+    tmp_path, capsys
+):
+    """A run on a Hugging Face folder: the export takes every weight from the checkpoint (the
+    folder's weights file is gone) and keeps the folder's sampling defaults and stop tokens."""
+    folder = tmp_path / "model"
+    tok = tiny_tokenizer()
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        conf = qwen2_config(len(tok), pad_token_id=tok.pad_token_id)
+        AutoModelForCausalLM.from_config(conf).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    gen = GenerationConfig(
+        do_sample=True, temperature=0.6, top_p=0.8, eos_token_id=[tok.eos_token_id, 7]
+    )
+    gen.save_pretrained(folder)
+    cfg = load_config(TINY, [f"model.path={folder}"])
+    trained = train_and_save(cfg, tmp_path / "run")
+    for weights in folder.glob("*.safetensors"):
+        weights.unlink()
+
+    out = tmp_path / "hf"
+    assert main(["export-hf", str(trained.run_dir), str(out)]) == 0, capsys.readouterr()
+    exported = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert exported.keys() == trained.policy.keys()
+    assert all(torch.equal(exported[k], v) for k, v in trained.policy.items())
+    kept = GenerationConfig.from_pretrained(out)
+    assert (kept.temperature, kept.top_p, kept.eos_token_id) == (0.6, 0.8, [tok.eos_token_id, 7])
 
 
 def test_exported_tokenizer_roundtrips_and_matches_the_training_one(trained, tmp_path):
