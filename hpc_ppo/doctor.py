@@ -7,9 +7,10 @@
 One line per check: `ok`, `warning` or `error`, the facts, and for a warning or an error what
 to change (the key or variable, and the value where one can be computed). Exit code 0 with
 only ok and warnings, 2 with any error. The node's checks are in doctor_node.py (software,
-GPUs) and doctor_env.py (network, Slurm, rank, folders); whether the config fits, in
-doctor_fit.py, from memory_plan.py's estimate; the config's rules are the ones `hpc-ppo
-validate` applies (config/validate.py), for the launcher the job will use.
+GPUs), doctor_bytecode.py (compiled bytecode) and doctor_env.py (network, Slurm, rank,
+folders); whether the config fits, in doctor_fit.py, from memory_plan.py's estimate; the
+config's rules are the ones `hpc-ppo validate` applies (config/validate.py), for the launcher
+the job will use.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from hpc_ppo.config import BUILTIN_TINY_MODEL, Config, Launcher, load_config, world_size_for
+from hpc_ppo.doctor_bytecode import check_bytecode
 from hpc_ppo.doctor_env import (
     check_allreduce,
     check_folders,
@@ -73,6 +75,7 @@ def run_doctor(
         yield from binding_checks(cfg, launcher, gpus, environ)
     yield check_vllm(environ, cfg.rollout if cfg else None)
     yield check_flash_attn(environ, cfg.model if cfg else None)
+    yield check_bytecode()
     yield from check_network_env(environ, cfg.slurm.nodes if cfg and launcher == "slurm" else 1)
     yield check_allreduce(environ, cfg.rollout if cfg else None)
     yield check_slurm(environ)

@@ -57,6 +57,7 @@ def test_node_only(here, capsys):
         "gpus",
         "vllm",
         "flash-attn",
+        "bytecode",
         "nccl-env",
         "multicast",
         "slurm",
