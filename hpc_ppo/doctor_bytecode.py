@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpc_ppo.doctor_env import existing_base
 from hpc_ppo.doctor_node import Check
 
 PACKAGES = ("torch", "transformers", "vllm")
@@ -65,9 +66,7 @@ def survey(name: str, root: Path, dont_write: bool) -> Bytecode:
     if missing and dont_write:
         unwritable = "PYTHONDONTWRITEBYTECODE is set"
     elif missing:
-        target = Path(importlib.util.cache_from_source(str(root / "__init__.py"))).parent
-        while not target.exists():
-            target = target.parent
+        target = existing_base(Path(importlib.util.cache_from_source(str(root / "__init__.py"))))
         if not os.access(target, os.W_OK):
             unwritable = f"{target} is not writable"
     return Bytecode(name, root, modules, missing, unwritable)
@@ -84,7 +83,6 @@ def check_bytecode(
     uncompiled = [s for s in surveys if s.missing > UNCOMPILED_SHARE * s.modules]
     stuck = [s for s in uncompiled if s.unwritable]
     if stuck:
-        first = stuck[0]
         facts = "; ".join(
             f"{s.name}: {s.missing:,} of {s.modules:,} modules have no .pyc ({s.unwritable})"
             for s in stuck
@@ -93,7 +91,7 @@ def check_bytecode(
             "bytecode",
             "warning",
             f"{facts}: every start of every rank compiles them again (seconds per start); "
-            + FIX.format(root=first.root.parent),
+            + FIX.format(root=" ".join(sorted({str(s.root.parent) for s in stuck}))),
         )
     if not surveys:
         return Check("bytecode", "ok", f"none of {', '.join(PACKAGES)} installed")
